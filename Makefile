@@ -1,0 +1,98 @@
+# tug: one binary that embeds Lua 5.4 on a libuv loop and runs deployment playbooks.
+#
+#   make               build ./tug
+#   make deps          install the Debian packages listed in vendor/ (quick when present)
+#   make test          deps + build + every test (C tests, then the busted specs in tug)
+#   make demo          the main job (see README.md)
+#   make bench         benchmarks, figures printed beside the tools users would pick
+#   make sanitize      the whole suite under ASan + UBSan
+#   make lint          clang-format in check mode
+#   make install PREFIX=/usr/local
+#
+# Every library's flags come from pkg-config; there is no configure step.
+
+PKGS     := lua5.4 libuv libcurl yaml-0.1 jansson
+CC       ?= cc
+OPT      ?= -O2 -g
+CFLAGS   := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter $(OPT)
+CPPFLAGS := -Iruntime $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+# Debian's Lua C modules (busted's term and system) resolve the Lua API from the host.
+LDFLAGS  := -Wl,-E
+PREFIX   ?= /usr/local
+
+RUNTIME_SRC := runtime/main.c runtime/host.c runtime/scheduler.c runtime/redact.c runtime/duration.c
+MODULE_SRC  := $(wildcard modules/*/*.c)
+# A module's entry point is modules/NAME/NAME.c (luaopen_tug_NAME).
+NATIVES     := $(foreach f,$(MODULE_SRC),$(if $(filter $(notdir $(patsubst %/,%,$(dir $f))),\
+                 $(basename $(notdir $f))),$(basename $(notdir $f))))
+LUA_SRC     := $(wildcard runtime/lua/*.lua modules/*/*.lua)
+
+BUILD := build
+OBJS  := $(patsubst %.c,$(BUILD)/%.o,$(RUNTIME_SRC) $(MODULE_SRC)) $(BUILD)/embedded.o
+
+SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+SAN_BUILD := $(BUILD)/asan
+
+.PHONY: all deps test demo bench sanitize lint install clean
+.DELETE_ON_ERROR:
+
+all: tug
+
+tug: $(OBJS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%.o: %.c runtime/tug.h runtime/scheduler.h runtime/host.h | deps-checked
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(CPPFLAGS) -c -o $@ $<
+
+$(BUILD)/embed: runtime/embed.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -o $@ $<
+
+# Regenerated when a Lua source or the set of native modules changes.
+$(BUILD)/embedded.c: $(BUILD)/embed $(LUA_SRC) $(MODULE_SRC) Makefile
+	$(BUILD)/embed $@ $(addprefix native:,$(NATIVES)) $(LUA_SRC)
+
+$(BUILD)/embedded.o: $(BUILD)/embedded.c runtime/host.h
+	$(CC) $(CFLAGS) $(CPPFLAGS) -c -o $@ $<
+
+# pkg-config must know every library before anything compiles.
+.PHONY: deps-checked
+deps-checked:
+	@pkg-config --exists $(PKGS) || { echo "missing libraries: run 'make deps'" >&2; exit 1; }
+
+deps:
+	@vendor/install.sh build test
+
+test: deps
+	@$(MAKE) --no-print-directory tug
+	./tug test spec
+
+sanitize: deps
+	@$(MAKE) --no-print-directory BUILD=$(SAN_BUILD) OPT="-O1 -g $(SAN_FLAGS)" \
+	  LDFLAGS="-Wl,-E $(SAN_FLAGS)" $(SAN_BUILD)/tug
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  TUG_UNDER_TEST=$(SAN_BUILD)/tug $(SAN_BUILD)/tug test spec
+
+$(SAN_BUILD)/tug: $(OBJS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+demo: deps
+	@$(MAKE) --no-print-directory tug
+	./tug lua examples/demo.lua
+
+bench: deps
+	@vendor/install.sh bench
+	@$(MAKE) --no-print-directory tug
+	bench/run.sh
+
+lint:
+	clang-format --dry-run -Werror runtime/*.c runtime/*.h modules/*/*.c
+
+install: tug
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 755 tug $(DESTDIR)$(PREFIX)/bin/tug
+
+clean:
+	rm -rf $(BUILD) tug

@@ -1,0 +1,50 @@
+/*
+ * log.c: the mechanism under the log module: the secret registry (runtime/redact.c)
+ * and redacted writes to the terminal. The levels, fields and formats are in log.lua.
+ *
+ *   core.secret(value)        registers value as secret; returns it
+ *   core.redact(text)         text with every secret replaced by "***"
+ *   core.write(stream, text)  writes to "stdout" or "stderr", redacted, and flushes
+ */
+#include <string.h>
+
+#include "tug.h"
+
+static int log_secret(lua_State *L) {
+  luaL_argexpected(L, lua_type(L, 1) == LUA_TSTRING || lua_type(L, 1) == LUA_TNUMBER, 1,
+                   "string");
+  size_t len;
+  const char *s = lua_tolstring(L, 1, &len);
+  tug_secret_add(s, len);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int log_redact(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  tug_redact_push(L, s, len, &len);
+  return 1;
+}
+
+static int log_write(lua_State *L) {
+  static const char *const streams[] = {"stdout", "stderr", NULL};
+  FILE *f = luaL_checkoption(L, 1, NULL, streams) == 0 ? stdout : stderr;
+  size_t len;
+  const char *s = luaL_checklstring(L, 2, &len);
+  tug_redact_write(f, s, len);
+  fflush(f);
+  return 0;
+}
+
+static const luaL_Reg log_funcs[] = {
+    {"secret", log_secret},
+    {"redact", log_redact},
+    {"write", log_write},
+    {NULL, NULL},
+};
+
+int luaopen_tug_log(lua_State *L) {
+  luaL_newlib(L, log_funcs);
+  return 1;
+}

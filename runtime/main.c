@@ -1,0 +1,118 @@
+/*
+ * main.c: the tug command line. Parses the command, builds the Lua state (host.c) and
+ * runs the chosen Lua entry point as the main task on the loop.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "host.h"
+
+static const char usage[] =
+    "usage: tug <command> [arguments]\n"
+    "\n"
+    "commands:\n"
+    "  lua SCRIPT [ARGS...]   run a Lua script with every tug module loaded; the event loop\n"
+    "                         runs until all work is done (ARGS land in `arg` and `...`)\n"
+    "  lua -e CODE [ARGS...]  run a chunk of Lua given on the command line\n"
+    "  lua - [ARGS...]        run Lua read from standard input\n"
+    "  test [BUSTED-OPTIONS] [PATH...]\n"
+    "                         run busted specs inside tug (default path: spec/); ends with\n"
+    "                         a line 'N passed, N failed'\n"
+    "  help                   show this text\n"
+    "  version, --version     show the version\n"
+    "\n"
+    "modules (globals in scripts and playbooks, also available through require):\n"
+    "  task   spawn, parallel, sleep, timeout: tasks on one event loop\n"
+    "  time   now, monotonic, parse_duration, format_duration, format\n"
+    "  json   decode, encode, null, array, object (faithful to Kubernetes objects)\n"
+    "  yaml   decode, decode_all, load_file, encode (libyaml)\n"
+    "  exec   run and spawn programs from an argv, with timeouts and streaming\n"
+    "  log    levelled, structured logging and secret redaction\n"
+    "  each module's reference page is modules/NAME/README.md in the source tree\n"
+    "\n"
+    "exit codes:\n"
+    "  0    success\n"
+    "  1    a Lua error (traceback on stderr), a failing test, or a task that failed\n"
+    "       with nobody waiting for it\n"
+    "  2    usage error: unknown command or missing argument\n"
+    "  130  interrupted (Ctrl-C or SIGTERM): every task was cancelled first\n";
+
+static int usage_error(const char *fmt, const char *arg) {
+  fputs("tug: ", stderr);
+  fprintf(stderr, fmt, arg);
+  fputs("\nrun 'tug help' for usage\n", stderr);
+  return EXIT_USAGE;
+}
+
+/* Pushes a table like lua.c's `arg`: arg[0] = name, arg[1..] = argv[first..]. */
+static void push_arg_table(lua_State *L, const char *name, char **argv, int first, int argc) {
+  lua_createtable(L, argc - first, 1);
+  lua_pushstring(L, name);
+  lua_rawseti(L, -2, 0);
+  for (int i = first; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i - first + 1);
+  }
+  lua_setglobal(L, "arg");
+}
+
+/* Pushes argv[first..] as the main chunk's varargs; returns their count. */
+static int push_args(lua_State *L, char **argv, int first, int argc) {
+  luaL_checkstack(L, argc - first, "too many arguments");
+  for (int i = first; i < argc; i++)
+    lua_pushstring(L, argv[i]);
+  return argc - first;
+}
+
+static int cmd_lua(int argc, char **argv) {
+  if (argc < 3)
+    return usage_error("%s", "'tug lua' needs a SCRIPT, '-e CODE' or '-'");
+  lua_State *L = host_open();
+  int first, rc;
+  if (strcmp(argv[2], "-e") == 0) {
+    if (argc < 4) {
+      lua_close(L);
+      return usage_error("%s", "'tug lua -e' needs a chunk of code");
+    }
+    rc = luaL_loadbufferx(L, argv[3], strlen(argv[3]), "=(command line)", "t");
+    push_arg_table(L, "-e", argv, 4, argc);
+    first = 4;
+  } else {
+    const char *script = strcmp(argv[2], "-") == 0 ? NULL : argv[2];
+    rc = luaL_loadfilex(L, script, "t");
+    push_arg_table(L, argv[2], argv, 3, argc);
+    first = 3;
+  }
+  if (rc != LUA_OK) {
+    fprintf(stderr, "tug: %s\n", lua_tostring(L, -1));
+    lua_close(L);
+    return EXIT_FAILED;
+  }
+  return host_run_main(L, push_args(L, argv, first, argc));
+}
+
+static int cmd_test(int argc, char **argv) {
+  lua_State *L = host_open();
+  host_load_script(L, "tug.test");
+  push_arg_table(L, "tug test", argv, 2, argc);
+  return host_run_main(L, push_args(L, argv, 2, argc));
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2)
+    return usage_error("%s", "no command given");
+  const char *cmd = argv[1];
+  if (strcmp(cmd, "lua") == 0)
+    return cmd_lua(argc, argv);
+  if (strcmp(cmd, "test") == 0)
+    return cmd_test(argc, argv);
+  if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+    fputs(usage, stdout);
+    return EXIT_OK;
+  }
+  if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+    printf("tug %s (%s, libuv %s)\n", TUG_VERSION, LUA_RELEASE, uv_version_string());
+    return EXIT_OK;
+  }
+  return usage_error("unknown command '%s'", cmd);
+}

@@ -1,0 +1,442 @@
+/*
+ * scheduler.c: the scheduler. One libuv loop, one Lua state, every task a coroutine.
+ *
+ * The yield/resume protocol lives here and nowhere else (see tug.h): a binding that waits
+ * calls tug_await, which parks the task on its op and yields; a libuv callback calls
+ * tug_op_done, which only queues the task; sched_run resumes queued tasks from one place,
+ * between turns of the loop, so no Lua code ever runs inside a libuv callback.
+ *
+ * A task is a full userdata (struct tug_task) whose first user value is its coroutine.
+ * While a task is alive the registry anchors its userdata; when it finishes, its results
+ * (or its error) stay with it for whoever waits, and the anchor is dropped. Other tasks
+ * watch a task through struct sched_watch nodes, which join, parallel and timeout use.
+ */
+#include "scheduler.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "host.h"
+
+enum task_state { TASK_NEW, TASK_READY, TASK_RUNNING, TASK_WAITING, TASK_DONE };
+
+struct tug_task {
+  lua_State *co;
+  int ref;            /* registry anchor of the userdata while alive */
+  enum task_state state;
+  int nargs;          /* arguments waiting on co's stack for the first resume */
+  int queued;         /* on the ready queue */
+  int cancelled;
+  int failed;         /* finished with an error: { value, traceback } is on co's stack */
+  int observed;       /* someone waited for the outcome */
+  int reported;       /* its failure was printed as unhandled */
+  int nresults;       /* results left on co's stack when it finished */
+  uint64_t id;
+  uint64_t deadline;  /* uv_hrtime() after which the runaway-loop hook raises */
+  tug_op *op;         /* what the task waits for */
+  tug_task *next_ready;
+  tug_task *prev_live, *next_live;
+  sched_watch *watchers;
+};
+
+#define HOOK_COUNT 10000
+
+static struct {
+  lua_State *L; /* the main thread */
+  uv_loop_t *loop;
+  tug_task *ready_head, *ready_tail;
+  tug_task *live;     /* every task not yet finished */
+  tug_task *current;
+  uint64_t next_id;
+  int unobserved_failures;
+  int interrupts;
+  int cancel_all_pending; /* set by the signal callback, acted on between loop turns */
+  uv_signal_t sigint, sigterm;
+} S;
+
+uv_loop_t *tug_loop(void) { return S.loop; }
+
+static tug_task *task_of(lua_State *co) { return *(tug_task **)lua_getextraspace(co); }
+
+/* ---- the ready queue ---- */
+
+static void ready_push(tug_task *t) {
+  if (t->queued)
+    return;
+  t->queued = 1;
+  t->next_ready = NULL;
+  if (S.ready_tail)
+    S.ready_tail->next_ready = t;
+  else
+    S.ready_head = t;
+  S.ready_tail = t;
+}
+
+void tug_op_done(tug_op *op) {
+  tug_task *t = op->task;
+  if (t == NULL || t->op != op)
+    return; /* cancelled meanwhile: the op releases itself through cancel */
+  t->state = TASK_READY;
+  ready_push(t);
+}
+
+/* ---- waiting ---- */
+
+static int raise_cancelled(lua_State *L) {
+  return tug_raise(L, "cancelled", "task cancelled");
+}
+
+static int await_k(lua_State *L, int status, lua_KContext ctx) {
+  tug_task *t = task_of(L);
+  tug_op *op = (tug_op *)ctx;
+  (void)status;
+  if (t->op != op) /* detached by a cancel: op->cancel already ran */
+    return raise_cancelled(L);
+  t->op = NULL;
+  op->task = NULL;
+  return op->resume(L, op);
+}
+
+void tug_check_task(lua_State *L, const char *what) {
+  tug_task *t = task_of(L);
+  if (t == NULL || t->co != L)
+    luaL_error(L, "%s must be called from a task, not from the main thread or a coroutine "
+                  "made with coroutine.create", what);
+  if (!lua_isyieldable(L))
+    luaL_error(L, "%s cannot wait here: a C function (such as a table.sort comparator, a "
+                  "string.gsub callback or require) is on the stack", what);
+}
+
+int tug_await(lua_State *L, tug_op *op) {
+  tug_task *t = task_of(L);
+  if (t == NULL || t->co != L || !lua_isyieldable(L) || t->cancelled) {
+    op->task = NULL;
+    op->cancel(op);
+    if (t != NULL && t->co == L && t->cancelled)
+      return raise_cancelled(L);
+    tug_check_task(L, "a waiting call");
+  }
+  op->task = t;
+  t->op = op;
+  t->state = TASK_WAITING;
+  return lua_yieldk(L, 0, (lua_KContext)op, await_k);
+}
+
+static int yield_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status, (void)ctx;
+  if (task_of(L)->cancelled)
+    return raise_cancelled(L);
+  return 0;
+}
+
+int tug_yield(lua_State *L) {
+  tug_check_task(L, "task.yield");
+  if (task_of(L)->cancelled)
+    return raise_cancelled(L);
+  return lua_yieldk(L, 0, 0, yield_k); /* with no op, task_resume requeues the task */
+}
+
+/* ---- watchers ---- */
+
+void sched_watch_add(sched_watch *w, tug_task *target) {
+  w->target = target;
+  w->prev = NULL;
+  w->next = target->watchers;
+  if (target->watchers)
+    target->watchers->prev = w;
+  target->watchers = w;
+}
+
+void sched_watch_remove(sched_watch *w) {
+  if (w->target == NULL)
+    return;
+  if (w->prev)
+    w->prev->next = w->next;
+  else
+    w->target->watchers = w->next;
+  if (w->next)
+    w->next->prev = w->prev;
+  w->target = NULL;
+}
+
+/* ---- task life ---- */
+
+static void hook_deadline(lua_State *L, lua_Debug *ar) {
+  tug_task *t = task_of(L);
+  (void)ar;
+  if (t != NULL && t->deadline != 0 && uv_hrtime() > t->deadline) {
+    t->deadline = 0; /* raise once; a pcall that swallows it gets no second chance to spin */
+    tug_raise(L, "timeout", "timed out (the code ran without yielding past its deadline)");
+  }
+}
+
+tug_task *sched_spawn(lua_State *L, int nargs) {
+  /* stack: fn, args... (nargs) -> replaced by the task userdata */
+  int fn = lua_gettop(L) - nargs;
+  tug_task *t = lua_newuserdatauv(L, sizeof *t, 1);
+  memset(t, 0, sizeof *t);
+  luaL_setmetatable(L, TUG_TASK_MT);
+  lua_State *co = lua_newthread(L);
+  lua_setiuservalue(L, -2, 1);
+  *(tug_task **)lua_getextraspace(co) = t;
+  t->co = co;
+  t->id = ++S.next_id;
+  t->state = TASK_NEW;
+  t->nargs = nargs;
+  lua_pushvalue(L, -1);
+  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_rotate(L, fn, 1); /* task, fn, args... */
+  lua_xmove(L, co, nargs + 1);
+  t->next_live = S.live;
+  if (S.live)
+    S.live->prev_live = t;
+  S.live = t;
+  ready_push(t);
+  return t;
+}
+
+void sched_report(tug_task *t) {
+  lua_State *L = S.L;
+  lua_pushvalue(t->co, 1);
+  lua_xmove(t->co, L, 1);
+  lua_getfield(L, -1, "traceback");
+  size_t len;
+  const char *msg = lua_tolstring(L, -1, &len);
+  if (msg == NULL)
+    msg = "error", len = 5;
+  tug_redact_write(stderr, "tug: ", 5);
+  tug_redact_write(stderr, msg, len);
+  tug_redact_write(stderr, "\n", 1);
+  lua_pop(L, 2);
+}
+
+static void task_finish(tug_task *t) {
+  t->state = TASK_DONE;
+  if (t->prev_live)
+    t->prev_live->next_live = t->next_live;
+  else
+    S.live = t->next_live;
+  if (t->next_live)
+    t->next_live->prev_live = t->prev_live;
+  t->prev_live = t->next_live = NULL;
+
+  if (t->failed && t->watchers == NULL && !t->cancelled) {
+    sched_report(t);
+    t->reported = 1;
+    S.unobserved_failures++;
+  }
+  while (t->watchers) {
+    sched_watch *w = t->watchers;
+    sched_watch_remove(w);
+    w->notify(w, t);
+  }
+  luaL_unref(S.L, LUA_REGISTRYINDEX, t->ref);
+  t->ref = LUA_NOREF;
+}
+
+/* Keeps the error of a coroutine that died as the only value on its stack:
+   { value = <the error>, traceback = "<message and traceback>" }. */
+static void task_save_error(tug_task *t) {
+  lua_State *L = S.L, *co = t->co;
+  lua_createtable(L, 0, 2);
+  lua_xmove(co, L, 1); /* the error value */
+  const char *msg = NULL;
+  if (lua_istable(L, -1)) {
+    int has_tostring = luaL_getmetafield(L, -1, "__tostring") != LUA_TNIL;
+    if (has_tostring)
+      lua_pop(L, 1);
+    else if (lua_getfield(L, -1, "message") == LUA_TSTRING)
+      msg = lua_tostring(L, -1); /* error{ message = ... } reads well without a metatable */
+    else
+      lua_pop(L, 1);
+  }
+  if (msg == NULL)
+    msg = luaL_tolstring(L, -1, NULL);
+  luaL_traceback(L, co, msg, 0);
+  lua_setfield(L, -4, "traceback");
+  lua_pop(L, 1);
+  lua_setfield(L, -2, "value");
+  lua_resetthread(co); /* closes its pending to-be-closed variables */
+  lua_settop(co, 0);    /* resetthread leaves the stale error object behind */
+  lua_xmove(L, co, 1);
+  t->failed = 1;
+}
+
+static void task_resume(tug_task *t) {
+  int nres, nargs = 0;
+  if (t->state == TASK_NEW)
+    nargs = t->nargs;
+  t->state = TASK_RUNNING;
+  tug_task *prev = S.current;
+  S.current = t;
+  int status = lua_resume(t->co, S.L, nargs, &nres);
+  S.current = prev;
+  if (status == LUA_YIELD) {
+    lua_pop(t->co, nres);
+    if (t->op == NULL) { /* a bare coroutine.yield(): give the loop a turn, then go on */
+      t->state = TASK_READY;
+      ready_push(t);
+    }
+  } else if (status == LUA_OK) {
+    t->nresults = nres;
+    task_finish(t);
+  } else {
+    task_save_error(t);
+    task_finish(t);
+  }
+}
+
+void sched_cancel(tug_task *t) {
+  if (t->state == TASK_DONE || t->cancelled)
+    return;
+  t->cancelled = 1;
+  if (t->state == TASK_NEW) { /* never ran: finish it as cancelled without running it */
+    lua_settop(t->co, 0);
+    tug_push_error(t->co, "cancelled", "task cancelled");
+    t->queued = 0;
+    /* it may still sit on the ready queue: task_resume skips finished tasks */
+    task_save_error(t);
+    task_finish(t);
+    return;
+  }
+  if (t->op) {
+    tug_op *op = t->op;
+    t->op = NULL;
+    op->task = NULL;
+    op->cancel(op);
+  }
+  if (t->state == TASK_WAITING || t->state == TASK_READY) {
+    t->state = TASK_READY;
+    ready_push(t);
+  }
+  /* a running task sees the flag at its next wait */
+}
+
+void sched_set_deadline(tug_task *t, uint64_t deadline) {
+  t->deadline = deadline;
+  lua_sethook(t->co, deadline ? hook_deadline : NULL, deadline ? LUA_MASKCOUNT : 0, HOOK_COUNT);
+}
+
+/* ---- results ---- */
+
+int sched_failed(tug_task *t) { return t->failed; }
+int sched_cancelled(tug_task *t) { return t->cancelled; }
+int sched_done(tug_task *t) { return t->state == TASK_DONE; }
+
+const char *sched_status(tug_task *t) {
+  static const char *const names[] = {"new", "ready", "running", "waiting", "done"};
+  if (t->state == TASK_DONE)
+    return t->cancelled ? "cancelled" : t->failed ? "failed" : "done";
+  return names[t->state];
+}
+
+void sched_observe(tug_task *t) {
+  if (t->reported && !t->observed)
+    S.unobserved_failures--; /* it was reported as unhandled; now someone handles it */
+  t->observed = 1;
+}
+
+int sched_push_results(lua_State *L, tug_task *t, int max) {
+  int n = t->nresults < max ? t->nresults : max;
+  luaL_checkstack(L, n, "too many results");
+  int base = lua_gettop(t->co) - t->nresults;
+  for (int i = 1; i <= n; i++) {
+    lua_pushvalue(t->co, base + i);
+    lua_xmove(t->co, L, 1);
+  }
+  return n;
+}
+
+void sched_push_error(lua_State *L, tug_task *t) {
+  lua_pushvalue(t->co, 1);
+  lua_xmove(t->co, L, 1);
+  lua_getfield(L, -1, "value");
+  lua_remove(L, -2);
+}
+
+uint64_t sched_id(tug_task *t) { return t->id; }
+
+void sched_push_handle(lua_State *L, tug_task *t) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+}
+lua_State *sched_main(void) { return S.L; }
+tug_task *sched_current(void) { return S.current; }
+tug_task *sched_task_of(lua_State *co) { return task_of(co); }
+
+/* ---- interrupts ---- */
+
+static void on_signal(uv_signal_t *h, int signum) {
+  (void)h;
+  if (++S.interrupts > 1) {
+    fputs("\ntug: interrupted twice, aborting at once\n", stderr);
+    _exit(128 + signum);
+  }
+  fputs("\ntug: interrupted: cancelling every task (again to abort at once)\n", stderr);
+  S.cancel_all_pending = 1;
+}
+
+void sched_cancel_all(void) {
+  /* rescan after each cancel: cancelling one task can finish others (a parallel's
+     children, a task that never ran), which unlinks them from the live list */
+  for (;;) {
+    tug_task *t = S.live;
+    while (t && (t->cancelled || t->state == TASK_RUNNING))
+      t = t->next_live;
+    if (t == NULL)
+      return;
+    sched_cancel(t);
+  }
+}
+
+int sched_interrupted(void) { return S.interrupts; }
+
+/* ---- the loop ---- */
+
+void sched_init(lua_State *L, uv_loop_t *loop) {
+  memset(&S, 0, sizeof S);
+  S.L = L;
+  S.loop = loop;
+  *(tug_task **)lua_getextraspace(L) = NULL;
+  luaL_newmetatable(L, TUG_TASK_MT); /* the task module fills in the methods */
+  lua_pop(L, 1);
+  uv_signal_init(loop, &S.sigint);
+  uv_signal_init(loop, &S.sigterm);
+  uv_signal_start(&S.sigint, on_signal, SIGINT);
+  uv_signal_start(&S.sigterm, on_signal, SIGTERM);
+  uv_unref((uv_handle_t *)&S.sigint);
+  uv_unref((uv_handle_t *)&S.sigterm);
+}
+
+int sched_run(void) {
+  for (;;) {
+    /* resume only the tasks ready now, so a task that keeps yielding cannot starve I/O */
+    tug_task *batch = S.ready_head;
+    S.ready_head = S.ready_tail = NULL;
+    while (batch) {
+      tug_task *t = batch;
+      batch = t->next_ready;
+      t->queued = 0;
+      if (t->state == TASK_READY || t->state == TASK_NEW)
+        task_resume(t);
+    }
+    int alive = uv_loop_alive(S.loop);
+    if (!alive && S.ready_head == NULL)
+      break;
+    uv_run(S.loop, S.ready_head ? UV_RUN_NOWAIT : UV_RUN_ONCE);
+    if (S.cancel_all_pending) {
+      S.cancel_all_pending = 0;
+      sched_cancel_all();
+    }
+  }
+  return S.live == NULL ? 0 : -1;
+}
+
+int sched_unobserved_failures(void) { return S.unobserved_failures; }
+
+void sched_close(void) {
+  uv_close((uv_handle_t *)&S.sigint, NULL);
+  uv_close((uv_handle_t *)&S.sigterm, NULL);
+  uv_run(S.loop, UV_RUN_DEFAULT);
+}
