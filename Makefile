@@ -16,30 +16,32 @@ CC       ?= cc
 OPT      ?= -O2 -g
 CFLAGS   := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter $(OPT)
 CPPFLAGS := -Iruntime $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+# http-parser ships no pkg-config file.
+LDLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lm
 # Debian's Lua C modules (busted's term and system) resolve the Lua API from the host.
 LDFLAGS  := -Wl,-E
 PREFIX   ?= /usr/local
 
-RUNTIME_SRC := runtime/main.c runtime/host.c runtime/scheduler.c runtime/redact.c runtime/duration.c
+RUNTIME_SRC := runtime/main.c runtime/host.c runtime/scheduler.c runtime/redact.c runtime/duration.c runtime/plan.c
 MODULE_SRC  := $(wildcard modules/*/*.c)
 # A module's entry point is modules/NAME/NAME.c (luaopen_tug_NAME).
 NATIVES     := $(foreach f,$(MODULE_SRC),$(if $(filter $(notdir $(patsubst %/,%,$(dir $f))),\
                  $(basename $(notdir $f))),$(basename $(notdir $f))))
 LUA_SRC     := $(wildcard runtime/lua/*.lua modules/*/*.lua)
 
-BUILD := build
+BUILD ?= build
+BIN   ?= tug
 OBJS  := $(patsubst %.c,$(BUILD)/%.o,$(RUNTIME_SRC) $(MODULE_SRC)) $(BUILD)/embedded.o
 
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
-SAN_BUILD := $(BUILD)/asan
+SAN_BUILD := build/asan
 
 .PHONY: all deps test demo bench sanitize lint install clean
 .DELETE_ON_ERROR:
 
-all: tug
+all: $(BIN)
 
-tug: $(OBJS)
+$(BIN): $(OBJS)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/%.o: %.c runtime/tug.h runtime/scheduler.h runtime/host.h | deps-checked
@@ -70,22 +72,19 @@ test: deps
 	./tug test spec
 
 sanitize: deps
-	@$(MAKE) --no-print-directory BUILD=$(SAN_BUILD) OPT="-O1 -g $(SAN_FLAGS)" \
-	  LDFLAGS="-Wl,-E $(SAN_FLAGS)" $(SAN_BUILD)/tug
+	@$(MAKE) --no-print-directory BUILD=$(SAN_BUILD) BIN=$(SAN_BUILD)/tug \
+	  OPT="-O1 -g $(SAN_FLAGS)" LDFLAGS="-Wl,-E $(SAN_FLAGS)"
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  TUG_UNDER_TEST=$(SAN_BUILD)/tug $(SAN_BUILD)/tug test spec
 
-$(SAN_BUILD)/tug: $(OBJS)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
-
 demo: deps
 	@$(MAKE) --no-print-directory tug
-	./tug lua examples/demo.lua
+	./tug lua spec/demo/runtime-tour.lua
 
 bench: deps
 	@vendor/install.sh bench
 	@$(MAKE) --no-print-directory tug
-	bench/run.sh
+	spec/bench/run.sh
 
 lint:
 	clang-format --dry-run -Werror runtime/*.c runtime/*.h modules/*/*.c

@@ -204,6 +204,8 @@ static void preload(lua_State *L) {
   lua_pushcfunction(L, error_new);
   lua_setfield(L, -2, "new");
   lua_setfield(L, -2, "error");
+  host_open_plan(L);
+  lua_setfield(L, -2, "plan");
   lua_setglobal(L, "tug");
   lua_pop(L, 1);
 }
@@ -296,5 +298,6 @@ int host_run_main(lua_State *L, int nargs) {
   lua_close(L);
   sched_close();
   uv_loop_close(&loop);
+  tug_secrets_free();
   return code;
 }

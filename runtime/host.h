@@ -33,6 +33,10 @@ lua_State *host_open(void);
 /* Runs the loop until all work is done, then closes the state. Returns an exit code.
    Expects the main chunk and its arguments on the stack (fn, args...). */
 int host_run_main(lua_State *L, int nargs);
+/* Pushes the tug.plan table (runtime/plan.c). */
+void host_open_plan(lua_State *L);
+/* Frees the secret registry at exit (runtime/redact.c). */
+void tug_secrets_free(void);
 /* Loads an embedded script by module name; pushes the chunk or raises. */
 void host_load_script(lua_State *L, const char *name);
 

@@ -83,6 +83,16 @@ enum tug_table_kind { TUG_TABLE_EMPTY, TUG_TABLE_ARRAY, TUG_TABLE_OBJECT, TUG_TA
    holes make an array, any other keys an object, both a mixed table (an error to encode). */
 enum tug_table_kind tug_table_kind(lua_State *L, int idx);
 
+/* ---- plan mode (runtime/plan.c) ---- */
+
+/* True while `tug plan` runs. A binding that would change the world (a write) does not
+   do it: it records what it would have done with tug_plan_record and returns a result
+   that says so (for http: { planned = true }, ok() true), so the step can go on. */
+int tug_plan_active(void);
+/* Records a would-be write: module ("http"), a one-line summary ("POST https://.../x"),
+   and an optional detail (a body, a diff) or NULL. Secrets are redacted. */
+void tug_plan_record(lua_State *L, const char *module, const char *summary, const char *detail);
+
 /* ---- durations (runtime/duration.c) ---- */
 
 /* Parses "1m30s", "500ms", "2h", "1.5s", "1d" or a plain number of seconds.
