@@ -16,6 +16,7 @@
 #define ERROR_MT "tug.error"
 
 static uv_loop_t loop;
+static lua_State *S_L; /* the main thread, for the main task's watcher */
 
 /* ---- shared values ---- */
 
@@ -136,6 +137,16 @@ static int host_print(lua_State *L) {
   return 0;
 }
 
+/* tug.on_interrupt(fn): Ctrl-C and SIGTERM call fn(count) in a new task instead of
+   cancelling every task; nil restores the default. The engine rolls back this way. */
+static int host_on_interrupt(lua_State *L) {
+  if (!lua_isnoneornil(L, 1))
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  sched_set_interrupt_handler(L);
+  return 0;
+}
+
 /* ---- preloading ---- */
 
 static const struct host_script *find_script(const char *name) {
@@ -206,6 +217,10 @@ static void preload(lua_State *L) {
   lua_setfield(L, -2, "error");
   host_open_plan(L);
   lua_setfield(L, -2, "plan");
+  host_open_sys(L);
+  lua_setfield(L, -2, "sys");
+  lua_pushcfunction(L, host_on_interrupt);
+  lua_setfield(L, -2, "on_interrupt");
   lua_setglobal(L, "tug");
   lua_pop(L, 1);
 }
@@ -256,6 +271,7 @@ lua_State *host_open(void) {
 /* ---- running ---- */
 
 static int main_failed;
+static int main_exit_code = -1; /* set when the main chunk returns an exit code */
 
 static void on_main_done(sched_watch *w, tug_task *t) {
   (void)w;
@@ -263,6 +279,10 @@ static void on_main_done(sched_watch *w, tug_task *t) {
     main_failed = 1;
     sched_report(t);
     sched_cancel_all();
+  } else if (sched_push_results(S_L, t, 1) == 1) {
+    if (lua_isinteger(S_L, -1))
+      main_exit_code = (int)lua_tointeger(S_L, -1);
+    lua_pop(S_L, 1);
   }
 }
 
@@ -272,8 +292,9 @@ static int run_loop(lua_State *L) {
   return 1;
 }
 
-int host_run_main(lua_State *L, int nargs) {
+int host_run_main(lua_State *L, int nargs, int returns_exit_code) {
   static sched_watch main_watch;
+  S_L = L;
   tug_task *main_task = sched_spawn(L, nargs);
   sched_observe(main_task);
   main_watch.notify = on_main_done;
@@ -290,7 +311,11 @@ int host_run_main(lua_State *L, int nargs) {
     code = EXIT_FAILED;
   }
   lua_pop(L, 1);
-  if (sched_interrupted())
+  if (code != EXIT_OK)
+    ;
+  else if (returns_exit_code && main_exit_code >= 0 && !main_failed)
+    code = main_exit_code;
+  else if (sched_interrupted())
     code = EXIT_INTERRUPTED;
   else if (main_failed || sched_unobserved_failures() > 0)
     code = EXIT_FAILED;

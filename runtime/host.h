@@ -31,10 +31,13 @@ enum {
 
 lua_State *host_open(void);
 /* Runs the loop until all work is done, then closes the state. Returns an exit code.
-   Expects the main chunk and its arguments on the stack (fn, args...). */
-int host_run_main(lua_State *L, int nargs);
+   Expects the main chunk and its arguments on the stack (fn, args...). When
+   returns_exit_code is set, an integer the main chunk returns is the exit code. */
+int host_run_main(lua_State *L, int nargs, int returns_exit_code);
 /* Pushes the tug.plan table (runtime/plan.c). */
 void host_open_plan(lua_State *L);
+/* Pushes the tug.sys table (runtime/sys.c). */
+void host_open_sys(lua_State *L);
 /* Frees the secret registry at exit (runtime/redact.c). */
 void tug_secrets_free(void);
 /* Loads an embedded script by module name; pushes the chunk or raises. */

@@ -2,6 +2,7 @@
  * main.c: the tug command line. Parses the command, builds the Lua state (host.c) and
  * runs the chosen Lua entry point as the main task on the loop.
  */
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -10,16 +11,35 @@
 static const char usage[] =
     "usage: tug <command> [arguments]\n"
     "\n"
-    "commands:\n"
-    "  lua SCRIPT [ARGS...]   run a Lua script with every tug module loaded; the event loop\n"
-    "                         runs until all work is done (ARGS land in `arg` and `...`)\n"
-    "  lua -e CODE [ARGS...]  run a chunk of Lua given on the command line\n"
-    "  lua - [ARGS...]        run Lua read from standard input\n"
+    "playbooks (in ./playbooks, TUG_PATH=DIR:DIR or --playbooks DIR; see playbooks/README.md):\n"
+    "  list                     the playbooks: name, description, file\n"
+    "  describe NAME            its params (types, defaults) and steps (which can be undone)\n"
+    "  check [PATH...]          load every playbook and environment; report every problem\n"
+    "  plan NAME [key=value...] show each step and the changes it would make; changes nothing\n"
+    "  run NAME [key=value...]  run it; on a failure, undo the completed steps in reverse\n"
+    "      --env E              environment (environments/E.yaml; default local)\n"
+    "      --step               ask before every step: run, skip or abort (on-call mode)\n"
+    "      --yes                answer yes to confirmations (CI)\n"
+    "      --from STEP          start at this step (name or number)\n"
+    "      --tags T1,T2         run only the steps with one of these tags\n"
+    "      --no-undo            on a failure, stop without undoing\n"
+    "      --output tty|plain|json   live view, timestamped lines, or one JSON event a line\n"
+    "      --junit FILE         write a JUnit report, one testcase per step\n"
+    "      --break-lock         take the lock from a holder that died\n"
+    "  runs                     the journalled runs, newest first (.tug/runs)\n"
+    "  show RUN_ID              one run: steps, results, decisions, saved state\n"
+    "  resume RUN_ID            continue a run that died, from its first unfinished step\n"
+    "\n"
+    "scripts and tests:\n"
+    "  lua SCRIPT [ARGS...]     run a Lua script with every tug module loaded; the event loop\n"
+    "                           runs until all work is done (ARGS land in `arg` and `...`)\n"
+    "  lua -e CODE [ARGS...]    run a chunk of Lua given on the command line\n"
+    "  lua - [ARGS...]          run Lua read from standard input\n"
     "  test [BUSTED-OPTIONS] [PATH...]\n"
-    "                         run busted specs inside tug (default path: spec/); ends with\n"
-    "                         a line 'N passed, N failed'\n"
-    "  help                   show this text\n"
-    "  version, --version     show the version\n"
+    "                           run busted specs inside tug (default path: spec/); ends with\n"
+    "                           a line 'N passed, N failed'\n"
+    "  help                     show this text\n"
+    "  version, --version       show the version\n"
     "\n"
     "modules (globals in scripts and playbooks, also available through require):\n"
     "  task   spawn, parallel, sleep, timeout: tasks on one event loop\n"
@@ -31,11 +51,15 @@ static const char usage[] =
     "  each module's reference page is modules/NAME/README.md in the source tree\n"
     "\n"
     "exit codes:\n"
-    "  0    success\n"
-    "  1    a Lua error (traceback on stderr), a failing test, or a task that failed\n"
-    "       with nobody waiting for it\n"
-    "  2    usage error: unknown command or missing argument\n"
-    "  130  interrupted (Ctrl-C or SIGTERM): every task was cancelled first\n";
+    "  0    success (a run succeeded, a plan was made)\n"
+    "  1    failure: a run failed and was rolled back (or had nothing to undo), a Lua error\n"
+    "       (traceback on stderr), a failing test, a task that failed with nobody waiting\n"
+    "  2    usage or validation error: unknown command, bad param, broken playbook or\n"
+    "       environment (nothing was run)\n"
+    "  3    the playbook's lock is held by another run (the holder is named)\n"
+    "  4    aborted by the user: Ctrl-C (after rolling back), declined confirmation, --step abort\n"
+    "  5    rollback failed: an undo failed, a human must look\n"
+    "  130  a script interrupted by Ctrl-C or SIGTERM (tug lua): every task was cancelled\n";
 
 static int usage_error(const char *fmt, const char *arg) {
   fputs("tug: ", stderr);
@@ -88,17 +112,31 @@ static int cmd_lua(int argc, char **argv) {
     lua_close(L);
     return EXIT_FAILED;
   }
-  return host_run_main(L, push_args(L, argv, first, argc));
+  return host_run_main(L, push_args(L, argv, first, argc), 0);
 }
 
 static int cmd_test(int argc, char **argv) {
   lua_State *L = host_open();
   host_load_script(L, "tug.test");
   push_arg_table(L, "tug test", argv, 2, argc);
-  return host_run_main(L, push_args(L, argv, 2, argc));
+  return host_run_main(L, push_args(L, argv, 2, argc), 0);
 }
 
+/* The playbook commands are Lua (runtime/lua/cli.lua); it returns the exit code. */
+static int cmd_engine(int argc, char **argv) {
+  lua_State *L = host_open();
+  host_load_script(L, "tug.cli");
+  push_arg_table(L, "tug", argv, 1, argc);
+  return host_run_main(L, push_args(L, argv, 1, argc), 1);
+}
+
+static const char *const engine_commands[] = {"list", "describe", "check", "plan", "run",
+                                              "runs", "show", "resume", NULL};
+
 int main(int argc, char **argv) {
+  /* Writing to a child or a socket whose reader is gone must fail with EPIPE, not kill
+     tug. Children start with the default disposition again (libuv resets it). */
+  signal(SIGPIPE, SIG_IGN);
   if (argc < 2)
     return usage_error("%s", "no command given");
   const char *cmd = argv[1];
@@ -106,6 +144,9 @@ int main(int argc, char **argv) {
     return cmd_lua(argc, argv);
   if (strcmp(cmd, "test") == 0)
     return cmd_test(argc, argv);
+  for (const char *const *c = engine_commands; *c; c++)
+    if (strcmp(cmd, *c) == 0)
+      return cmd_engine(argc, argv);
   if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
     fputs(usage, stdout);
     return EXIT_OK;

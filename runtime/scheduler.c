@@ -53,6 +53,8 @@ static struct {
   int unobserved_failures;
   int interrupts;
   int cancel_all_pending; /* set by the signal callback, acted on between loop turns */
+  int interrupt_pending;  /* the same, for a Lua interrupt handler */
+  int interrupt_ref;      /* registry ref of that handler, or LUA_NOREF */
   uv_signal_t sigint, sigterm;
 } S;
 
@@ -369,7 +371,12 @@ tug_task *sched_task_of(lua_State *co) { return task_of(co); }
 
 static void on_signal(uv_signal_t *h, int signum) {
   (void)h;
-  if (++S.interrupts > 1) {
+  ++S.interrupts;
+  if (S.interrupt_ref != LUA_NOREF && S.interrupts <= 2) {
+    S.interrupt_pending = 1; /* the handler decides; a third signal aborts */
+    return;
+  }
+  if (S.interrupts > 1) {
     fputs("\ntug: interrupted twice, aborting at once\n", stderr);
     _exit(128 + signum);
   }
@@ -392,10 +399,17 @@ void sched_cancel_all(void) {
 
 int sched_interrupted(void) { return S.interrupts; }
 
+void sched_set_interrupt_handler(lua_State *L) {
+  luaL_unref(L, LUA_REGISTRYINDEX, S.interrupt_ref);
+  S.interrupt_ref = lua_isnil(L, -1) ? (lua_pop(L, 1), LUA_NOREF)
+                                     : luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
 /* ---- the loop ---- */
 
 void sched_init(lua_State *L, uv_loop_t *loop) {
   memset(&S, 0, sizeof S);
+  S.interrupt_ref = LUA_NOREF;
   S.L = L;
   S.loop = loop;
   *(tug_task **)lua_getextraspace(L) = NULL;
@@ -428,6 +442,13 @@ int sched_run(void) {
     if (S.cancel_all_pending) {
       S.cancel_all_pending = 0;
       sched_cancel_all();
+    }
+    if (S.interrupt_pending && S.interrupt_ref != LUA_NOREF) {
+      S.interrupt_pending = 0;
+      lua_rawgeti(S.L, LUA_REGISTRYINDEX, S.interrupt_ref);
+      lua_pushinteger(S.L, S.interrupts);
+      sched_spawn(S.L, 1);
+      lua_pop(S.L, 1);
     }
   }
   return S.live == NULL ? 0 : -1;

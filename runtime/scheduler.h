@@ -59,5 +59,8 @@ tug_task *sched_task_of(lua_State *co);
 tug_task *sched_current(void);
 int sched_unobserved_failures(void);
 int sched_interrupted(void);
+/* Pops a function (or nil) from L: the handler that Ctrl-C and SIGTERM run, as
+   handler(count) in a new task, instead of cancelling every task. */
+void sched_set_interrupt_handler(lua_State *L);
 
 #endif

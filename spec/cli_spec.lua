@@ -20,7 +20,8 @@ describe("tug command line", function()
   it("lists commands, modules and every exit code in help", function()
     local r = child.run({ "help" })
     assert.are.equal(0, r.code)
-    for _, want in ipairs({ "lua SCRIPT", "test", "exit codes:", "  0 ", "  1 ", "  2 ", "  130 " }) do
+    for _, want in ipairs({ "lua SCRIPT", "test", "run NAME", "resume RUN_ID", "exit codes:",
+      "  0 ", "  1 ", "  2 ", "  3 ", "  4 ", "  5 ", "  130 " }) do
       assert.is_truthy(r.stdout:find(want, 1, true), want)
     end
   end)

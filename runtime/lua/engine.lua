@@ -1,0 +1,433 @@
+-- engine.lua: runs a playbook. Steps run in order, each in its own task (so a timeout,
+-- Ctrl-C or a retry can cancel it cleanly); when one fails after its retries, the undos
+-- of the completed steps run in reverse. Every event goes to the reporter and to the
+-- journal, which is fsync'd at each step boundary so `tug resume` can pick up a run that
+-- died. In plan mode nothing is written anywhere: module calls that would change the
+-- world are recorded and shown instead.
+
+local journal = require("tug.journal")
+local lock = require("tug.lock")
+
+local M = {}
+
+M.EXIT = { ok = 0, failed = 1, usage = 2, locked = 3, aborted = 4, rollback_failed = 5 }
+
+local DEFAULT_UNDO_TIMEOUT = 600
+
+-- ---- plan mode: Lua's own writers refuse to run ----
+
+local function guard(lib, name, instead)
+  local original = lib[name]
+  lib[name] = function(...)
+    if tug.plan.active() then
+      local label = (lib == os and "os." or "io.") .. name
+      error(string.format("%s cannot run under `tug plan` (it would change the world): %s", label, instead), 2)
+    end
+    return original(...)
+  end
+end
+
+guard(os, "execute", "use exec.run, which plan mode records")
+guard(io, "popen", "use exec.run, which plan mode records")
+guard(os, "remove", "guard it with `if not ctx.plan then ... end` or ctx:would(...)")
+guard(os, "rename", "guard it with `if not ctx.plan then ... end` or ctx:would(...)")
+
+do
+  local open = io.open
+  io.open = function(path, mode, ...)
+    if tug.plan.active() and mode and mode:find("[wa+]") then
+      error(string.format("io.open(%q, %q) cannot run under `tug plan` (it would write a file): " ..
+        "guard it with `if not ctx.plan then ... end` or ctx:would(...)", tostring(path), mode), 2)
+    end
+    return open(path, mode, ...)
+  end
+end
+
+-- ---- prompts ----
+
+-- Reads one answer from the terminal; nil when stdin is closed.
+local function ask(question)
+  io.stdout:write(question, " ")
+  io.stdout:flush()
+  local line = io.stdin:read("l")
+  return line and line:match("^%s*(.-)%s*$")
+end
+
+local function interactive()
+  return tug.sys.isatty(0)
+end
+
+-- "Switch {env} traffic to {state.idle}?" with values from the run.
+local function expand(text, ctx)
+  return (text:gsub("{([%w_%.]+)}", function(path)
+    local value = { env = ctx.env.name, run_id = ctx.run_id, params = ctx.params, state = ctx.state }
+    for part in path:gmatch("[^%.]+") do
+      if type(value) ~= "table" then return "{" .. path .. "}" end
+      value = value[part]
+    end
+    return value == nil and ("{" .. path .. "}") or tostring(value)
+  end))
+end
+
+-- ---- one run ----
+
+local Run = {}
+Run.__index = Run
+
+function Run:emit(event)
+  if self.journal then self.journal:write(event) end
+  self.reporter.event(event)
+end
+
+function Run:sync()
+  if self.journal then self.journal:sync() end
+end
+
+-- Checks that state is plain data (it goes to the journal).
+local function check_state(state)
+  local ok, err = pcall(json.encode, state)
+  if not ok then
+    return nil, "ctx.state must hold plain data (it is saved to the journal): " ..
+      tostring(err):gsub("^json%.encode: ", ""):gsub("%$", "state", 1)
+  end
+  return true
+end
+
+local function error_text(err)
+  if type(err) == "table" then
+    return tostring(err.message or err)
+  end
+  return tostring(err)
+end
+
+function Run:make_ctx()
+  local run = self
+  local ctx = {
+    params = self.params, env = self.env, state = self.state, run_id = self.run_id,
+    plan = self.plan, playbook = self.pb.name,
+  }
+  local function logger(level)
+    return function(message, fields)
+      run:emit({ event = "log", level = level, message = tostring(message), fields = fields })
+    end
+  end
+  ctx.log = { debug = logger("debug"), info = logger("info"), warn = logger("warn"), error = logger("error") }
+  function ctx:confirm(message)
+    message = expand(message, self)
+    if run.plan then
+      tug.plan.record("confirm", "would ask: " .. message)
+      return true
+    end
+    if run.opts.yes then
+      run:emit({ event = "log", level = "info", message = "confirmed by --yes: " .. message })
+      return true
+    end
+    if not interactive() then
+      error(tug.error.new("confirm", "needs a confirmation, and there is no terminal to ask: \"" .. message ..
+        "\" (run with --yes to answer yes)"), 0)
+    end
+    local answer = ask(message .. " [y/N]")
+    local yes = answer ~= nil and answer:lower():match("^y") ~= nil
+    run:emit({ event = "decision", question = message, answer = yes and "yes" or "no" })
+    return yes
+  end
+  function ctx:would(description)
+    if run.plan then tug.plan.record("step", description) end
+    return run.plan
+  end
+  return ctx
+end
+
+-- Runs fn(ctx) as a task with an optional timeout; returns ok, err. The task is kept in
+-- self.current so that Ctrl-C can cancel it.
+function Run:call(fn, timeout)
+  local ctx = self.ctx
+  local worker = task.spawn(function()
+    if timeout then return task.timeout(timeout, fn, ctx) end
+    return fn(ctx)
+  end)
+  self.current = worker
+  local ok, err = pcall(worker.wait, worker)
+  self.current = nil
+  return ok, err
+end
+
+function Run:should_skip(index, step)
+  local o = self.opts
+  if self.done[index] then return "done before the resume" end
+  if o.from_index and index < o.from_index then return "before --from" end
+  if o.tags then
+    local match = false
+    for _, t in ipairs(step.tags) do if o.tags[t] then match = true end end
+    if not match then return "not tagged " .. table.concat(o.tag_list, ",") end
+  end
+  return nil
+end
+
+-- Asks before a step when on-call mode (--step) or a protected environment wants it.
+-- Returns "run", "skip" or "abort".
+function Run:gate(step)
+  if self.plan then return "run" end
+  local o = self.opts
+  if o.step_mode then
+    if not interactive() then
+      error(tug.error.new("usage", "--step needs a terminal to ask on"), 0)
+    end
+    while true do
+      local a = ask(string.format("Next: %s. [r]un, [s]kip or [a]bort?", step.name))
+      if a == nil then return "abort" end
+      a = a:lower()
+      local choice = (a == "r" or a == "run" or a == "") and "run" or (a == "s" or a == "skip") and "skip"
+        or (a == "a" or a == "abort") and "abort"
+      if choice then
+        self:emit({ event = "decision", question = "step " .. step.name, answer = choice })
+        return choice
+      end
+    end
+  end
+  if self.env.protected and not step.read_only and not o.yes then
+    if not interactive() then
+      error(tug.error.new("confirm", string.format("%s is protected: step \"%s\" changes it and there is " ..
+        "no terminal to ask (run with --yes to go ahead)", self.env.name, step.name)), 0)
+    end
+    local a = ask(string.format("%s is protected. Run \"%s\"? [y/N]", self.env.name, step.name))
+    local yes = a ~= nil and a:lower():match("^y") ~= nil
+    self:emit({ event = "decision", question = "run " .. step.name .. " on " .. self.env.name,
+      answer = yes and "yes" or "no" })
+    return yes and "run" or "abort"
+  end
+  return "run"
+end
+
+function Run:run_step(index, step)
+  local ctx = self.ctx
+  if step.when then
+    local ok, go = self:call(step.when)
+    if not ok then return false, "its when() failed: " .. error_text(go) end
+    if not go then
+      self:emit({ event = "step_skip", index = index, name = step.name, reason = "when() is false" })
+      self:emit({ event = "step_end", index = index, name = step.name, status = "skipped", state = ctx.state })
+      self:sync()
+      return true, nil, true
+    end
+  end
+  local gate_ok, gate = pcall(self.gate, self, step)
+  if not gate_ok then return false, error_text(gate) end
+  if gate == "skip" then
+    self:emit({ event = "step_skip", index = index, name = step.name, reason = "skipped by the operator" })
+    self:emit({ event = "step_end", index = index, name = step.name, status = "skipped", state = ctx.state })
+    self:sync()
+    return true, nil, true
+  elseif gate == "abort" then
+    self.aborted = "aborted by the operator before step \"" .. step.name .. "\""
+    return false, self.aborted
+  end
+  if step.confirm then
+    local ok, yes = pcall(ctx.confirm, ctx, step.confirm)
+    if not ok then return false, error_text(yes) end
+    if not yes then
+      self.aborted = "the operator declined: " .. expand(step.confirm, ctx)
+      return false, self.aborted
+    end
+  end
+
+  self:emit({ event = "step_start", index = index, name = step.name })
+  local t0 = time.monotonic()
+  local attempts, ok, err = 0, false, nil
+  while true do
+    attempts = attempts + 1
+    ok, err = self:call(step.run, step.timeout)
+    if ok then ok, err = check_state(ctx.state) end
+    if ok or self.interrupted or attempts > step.retries then break end
+    local delay = step.retry_delay * step.backoff ^ (attempts - 1)
+    self:emit({ event = "step_retry", index = index, name = step.name, attempt = attempts,
+      error = error_text(err), delay = delay })
+    local slept = pcall(function()
+      local sleeper = task.spawn(task.sleep, delay)
+      self.current = sleeper
+      sleeper:wait()
+    end)
+    self.current = nil
+    if not slept or self.interrupted then break end
+  end
+  local event = { event = "step_end", index = index, name = step.name, status = ok and "ok" or "failed",
+    duration = time.monotonic() - t0, attempts = attempts, state = ctx.state }
+  if not ok then
+    event.error = self.interrupted and "interrupted" or error_text(err)
+    if type(err) == "table" and err.kind then event.error_kind = err.kind end
+  end
+  if self.plan then event.changes = tug.plan.take() end
+  self:emit(event)
+  self:sync()
+  return ok, event.error
+end
+
+function Run:rollback()
+  local failures = 0
+  for i = #self.completed, 1, -1 do
+    if self.stop_rollback then
+      return "aborted", "stopped during rollback before undoing \"" .. self.completed[i].step.name .. "\""
+    end
+    local entry = self.completed[i]
+    local step = entry.step
+    if step.undo then
+      self:emit({ event = "undo_start", index = entry.index, name = step.name })
+      local t0 = time.monotonic()
+      local ok, err = self:call(step.undo, step.undo_timeout or self.pb.undo_timeout or DEFAULT_UNDO_TIMEOUT)
+      if self.stop_rollback and not ok then
+        self:emit({ event = "undo_end", index = entry.index, name = step.name, status = "stopped",
+          duration = time.monotonic() - t0, error = "stopped by a second interrupt" })
+        self:sync()
+        return "aborted", "stopped during the undo of \"" .. step.name .. "\""
+      end
+      local e = { event = "undo_end", index = entry.index, name = step.name, status = ok and "ok" or "failed",
+        duration = time.monotonic() - t0, error = not ok and error_text(err) or nil, state = self.ctx.state }
+      self:emit(e)
+      self:sync()
+      if not ok then failures = failures + 1 end
+    end
+  end
+  if failures > 0 then
+    return "rollback-failed", string.format("%d undo%s failed: a human must look", failures, failures > 1 and "s" or "")
+  end
+  return "rolled-back"
+end
+
+function Run:on_interrupt(count)
+  if count == 1 then
+    self.interrupted = true
+    self.reporter.event({ event = "log", level = "warn",
+      message = "interrupted: cancelling the running step, then rolling back (again to stop at once)" })
+  else
+    self.stop_rollback = true
+  end
+  if self.current then self.current:cancel() end
+end
+
+-- Runs (or plans) a playbook. opts: pb, env, params, plan, yes, step_mode, from, tags,
+-- no_undo, reporter, resume (a journal summary), break_lock. Returns the exit code.
+function M.run(opts)
+  local pb = opts.pb
+  local self = setmetatable({
+    pb = pb, env = opts.env, params = opts.params, plan = opts.plan, opts = opts,
+    reporter = opts.reporter, completed = {}, done = {}, state = {},
+  }, Run)
+
+  if opts.from then
+    for i, s in ipairs(pb.steps) do
+      if s.name == opts.from or tostring(i) == opts.from then opts.from_index = i end
+    end
+    if not opts.from_index then
+      error(tug.error.new("usage", string.format("--from: %s has no step \"%s\"", pb.name, opts.from)), 0)
+    end
+  end
+
+  local resume = opts.resume
+  if resume then
+    self.run_id = resume.run_id
+    self.state = resume.state or {}
+    for i, s in ipairs(pb.steps) do
+      local e = resume.steps[i]
+      if e and (e.status == "ok" or e.status == "skipped") then
+        self.done[i] = true
+        if e.status == "ok" then self.completed[#self.completed + 1] = { index = i, step = s } end
+      end
+    end
+  else
+    self.run_id = journal.new_id()
+  end
+
+  local names = {}
+  for i, s in ipairs(pb.steps) do names[i] = s.name end
+
+  local held
+  if not self.plan then
+    local backend = lock.backend(opts.lock_backend)
+    if pb.lock then
+      local holder, reason
+      held, holder, reason = backend.acquire({ env = self.env.name, name = pb.lock, run_id = self.run_id,
+        playbook = pb.name, break_lock = opts.break_lock or (resume and true) })
+      if not held then
+        local msg = string.format("lock '%s' on %s is %s", pb.lock, self.env.name, lock.describe(holder))
+        if reason == "dead" then
+          msg = msg .. "; that process is gone: rerun with --break-lock to take the lock"
+        end
+        io.stderr:write("tug: ", msg, "\n")
+        return M.EXIT.locked
+      end
+    end
+    self.journal = journal.create(self.run_id)
+  end
+
+  self.ctx = self:make_ctx()
+  if not self.plan then
+    tug.on_interrupt(function(count) self:on_interrupt(count) end)
+  end
+  log.set_sink(function(record)
+    self:emit({ event = "log", level = record.level, message = record.message, fields = record.fields })
+  end)
+  tug.plan.set(self.plan)
+  tug.plan.take()
+
+  local t0 = time.monotonic()
+  local first_resumed
+  if resume then
+    for i = 1, #pb.steps do if not self.done[i] then first_resumed = i break end end
+  end
+  self:emit({ event = resume and "run_resume" or "run_start", run_id = self.run_id, playbook = pb.name,
+    path = pb.path, env = self.env.name, params = self.params, steps = names, plan = self.plan or nil,
+    resumed_from = first_resumed })
+  self:sync()
+
+  local status, reason = "succeeded", nil
+  for index, step in ipairs(pb.steps) do
+    local skip = self:should_skip(index, step)
+    if skip then
+      if not self.done[index] then
+        self:emit({ event = "step_skip", index = index, name = step.name, reason = skip })
+      end
+    else
+      local ok, err, skipped = self:run_step(index, step)
+      if ok and not skipped then
+        self.completed[#self.completed + 1] = { index = index, step = step }
+      elseif not ok then
+        reason = string.format("step \"%s\" failed: %s", step.name, err)
+        if self.aborted then reason = self.aborted end
+        if self.plan then
+          status = "plan-failed"
+        elseif opts.no_undo then
+          status = "failed"
+          reason = reason .. " (--no-undo: nothing was undone)"
+        else
+          local undoable = false
+          for _, c in ipairs(self.completed) do if c.step.undo then undoable = true end end
+          if undoable then
+            local rstatus, rreason = self:rollback()
+            status = rstatus
+            if rreason then reason = reason .. "; " .. rreason end
+          else
+            status = "failed"
+          end
+        end
+        break
+      end
+    end
+  end
+  if self.plan and status == "succeeded" then status = "planned" end
+
+  tug.plan.set(false)
+  log.set_sink(nil)
+  self:emit({ event = "run_end", run_id = self.run_id, playbook = pb.name, status = status, reason = reason,
+    duration = time.monotonic() - t0, interrupted = self.interrupted or nil })
+  self:sync()
+  if self.journal then self.journal:close() end
+  if held then lock.backend(opts.lock_backend).release(held) end
+  tug.on_interrupt(nil)
+
+  if status == "succeeded" or status == "planned" then return M.EXIT.ok end
+  if status == "rollback-failed" then return M.EXIT.rollback_failed end
+  if self.interrupted or self.aborted or status == "aborted" then return M.EXIT.aborted end
+  return M.EXIT.failed
+end
+
+return M

@@ -1,0 +1,116 @@
+-- environment.lua: environments/NAME.yaml, with ${env:VAR} and ${secret:PROVIDER:NAME}
+-- references resolved. Resolved secrets are registered for redaction. Every error names
+-- the file, the key path and what was missing.
+
+local M = {}
+
+-- Secret providers: fn(name) -> value, or nil and a reason. Modules add their own
+-- (the AWS module adds "aws").
+M.providers = {
+  env = function(name)
+    local v = os.getenv(name)
+    if v == nil then return nil, "environment variable " .. name .. " is not set" end
+    return v
+  end,
+  file = function(path)
+    local f, err = io.open(path, "r")
+    if not f then return nil, "cannot read " .. err end
+    local text = f:read("a")
+    f:close()
+    return (text:gsub("\r?\n$", ""))
+  end,
+}
+
+function M.dir()
+  return os.getenv("TUG_ENVIRONMENTS") or "environments"
+end
+
+function M.available(dir)
+  local names = {}
+  for _, e in ipairs(tug.sys.listdir(dir or M.dir()) or {}) do
+    local name = e.name:match("^(.+)%.ya?ml$")
+    if name and e.type == "file" then names[#names + 1] = name end
+  end
+  table.sort(names)
+  return names
+end
+
+local function fail(path, key, fmt, ...)
+  error(tug.error.new("environment", string.format("%s: %s%s", path, key ~= "" and (key .. ": ") or "",
+    string.format(fmt, ...))), 0)
+end
+
+local function resolve_string(path, key, s)
+  return (s:gsub("%${([^}]*)}", function(ref)
+    local kind, rest = ref:match("^(%w+):(.*)$")
+    if kind == "env" then
+      local name, default = rest:match("^([%w_]+):%-(.*)$")
+      name = name or rest
+      local v = os.getenv(name)
+      if v == nil then
+        if default then return default end
+        fail(path, key, "environment variable %s is not set (referenced as ${%s})", name, ref)
+      end
+      return v
+    elseif kind == "secret" then
+      local provider, name = rest:match("^([%w_]+):(.+)$")
+      if not provider then
+        fail(path, key, "secret reference ${%s} must be ${secret:PROVIDER:NAME}", ref)
+      end
+      local get = M.providers[provider]
+      if not get then
+        local known = {}
+        for k in pairs(M.providers) do known[#known + 1] = k end
+        table.sort(known)
+        fail(path, key, "unknown secret provider '%s' (known: %s)", provider, table.concat(known, ", "))
+      end
+      local v, err = get(name)
+      if v == nil then fail(path, key, "secret ${%s}: %s", ref, err or "not found") end
+      log.secret(v)
+      return v
+    end
+    fail(path, key, "unknown reference ${%s} (use ${env:VAR} or ${secret:PROVIDER:NAME})", ref)
+  end))
+end
+
+local function resolve(path, key, value)
+  if type(value) == "string" then
+    return resolve_string(path, key, value)
+  elseif type(value) == "table" then
+    for k, v in pairs(value) do
+      local sub = type(k) == "number" and string.format("%s[%d]", key, k - 1)
+        or (key == "" and tostring(k) or key .. "." .. tostring(k))
+      value[k] = resolve(path, sub, v)
+    end
+  end
+  return value
+end
+
+-- Loads environments/NAME.yaml. `resolve_refs = false` parses without resolving (check).
+function M.load(name, opts)
+  opts = opts or {}
+  local dir = opts.dir or M.dir()
+  if not name:match("^[%w_%-%.]+$") then
+    error(tug.error.new("environment", "environment name '" .. name .. "' is not a plain name"), 0)
+  end
+  local path = dir .. "/" .. name .. ".yaml"
+  local f = io.open(path)
+  if not f then
+    local names = M.available(dir)
+    error(tug.error.new("environment", string.format("no environment '%s': %s does not exist (available: %s)",
+      name, path, #names > 0 and table.concat(names, ", ") or "none")), 0)
+  end
+  f:close()
+  local ok, doc = pcall(yaml.load_file, path)
+  if not ok then error(tug.error.new("environment", tostring(doc)), 0) end
+  if doc == nil then doc = {} end
+  if type(doc) ~= "table" then fail(path, "", "must be a mapping of settings") end
+  if doc.protected ~= nil and type(doc.protected) ~= "boolean" then
+    fail(path, "protected", "must be true or false")
+  end
+  if opts.resolve_refs ~= false then resolve(path, "", doc) end
+  doc.name = doc.name or name
+  return doc, path
+end
+
+return M

@@ -1,0 +1,105 @@
+-- journal.lua: every run appends JSON lines to .tug/runs/RUN_ID.jsonl, flushed after
+-- each event and fsync'd at each step boundary, so `tug resume` can continue a run that
+-- died. Lines pass through redaction: secrets never reach the journal.
+
+local M = {}
+
+function M.home()
+  return os.getenv("TUG_HOME") or ".tug"
+end
+
+function M.dir()
+  return M.home() .. "/runs"
+end
+
+function M.new_id()
+  local now = time.now()
+  return string.format("%s-%04x", time.format(now, "%Y%m%dT%H%M%S"),
+    (math.floor(now * 1e6) ~ (tug.sys.pid() << 8)) & 0xffff)
+end
+
+local writer = {}
+writer.__index = writer
+
+function M.create(run_id)
+  local ok, err = tug.sys.mkdir(M.dir())
+  if not ok then error(tug.error.new("journal", "cannot create the journal directory: " .. err), 0) end
+  local path = M.dir() .. "/" .. run_id .. ".jsonl"
+  local f, ferr = io.open(path, "a")
+  if not f then error(tug.error.new("journal", "cannot open the journal: " .. ferr), 0) end
+  return setmetatable({ file = f, path = path, run_id = run_id }, writer)
+end
+
+function writer:write(event)
+  event.time = event.time or time.now()
+  local line = log.redact(json.encode(event))
+  local ok, err = self.file:write(line, "\n")
+  if not ok then error(tug.error.new("journal", "cannot write the journal " .. self.path .. ": " .. err), 0) end
+  self.file:flush()
+end
+
+-- Forces what was written to disk: called at every step boundary.
+function writer:sync()
+  local ok, err = tug.sys.fsync(self.file)
+  if not ok then error(tug.error.new("journal", "cannot sync the journal " .. self.path .. ": " .. err), 0) end
+end
+
+function writer:close()
+  if self.file then
+    self.file:close()
+    self.file = nil
+  end
+end
+
+-- Reads a journal: the list of events (a torn last line from a crash is skipped).
+function M.read(run_id)
+  local path = M.dir() .. "/" .. run_id .. ".jsonl"
+  local f = io.open(path)
+  if not f then return nil, "no run '" .. run_id .. "' in " .. M.dir() end
+  local events = {}
+  for line in f:lines() do
+    local ok, event = pcall(json.decode, line)
+    if ok and type(event) == "table" then events[#events + 1] = event end
+  end
+  f:close()
+  return events, path
+end
+
+-- Summarises a journal's events: the run as a whole and each step's last outcome.
+function M.summarise(events)
+  local run = { steps = {}, undone = {} }
+  for _, e in ipairs(events) do
+    if e.event == "run_start" or e.event == "run_resume" then
+      run.run_id, run.playbook, run.path = e.run_id, e.playbook, e.path
+      run.env, run.params, run.started = e.env, e.params, run.started or e.time
+      run.step_names = e.steps or run.step_names
+      run.status = "running"
+    elseif e.event == "step_end" then
+      run.steps[e.index] = e
+      if e.state ~= nil then run.state = e.state end
+    elseif e.event == "undo_end" then
+      run.undone[e.index] = e
+    elseif e.event == "run_end" then
+      run.status, run.reason, run.ended = e.status, e.reason, e.time
+    end
+  end
+  return run
+end
+
+-- Lists runs, newest first: { run_id, playbook, env, status, started }.
+function M.list()
+  local runs = {}
+  for _, e in ipairs(tug.sys.listdir(M.dir()) or {}) do
+    local id = e.name:match("^(.+)%.jsonl$")
+    if id then
+      local events = M.read(id)
+      local run = M.summarise(events or {})
+      run.run_id = run.run_id or id
+      runs[#runs + 1] = run
+    end
+  end
+  table.sort(runs, function(a, b) return (a.started or 0) > (b.started or 0) end)
+  return runs
+end
+
+return M

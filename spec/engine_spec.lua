@@ -1,0 +1,419 @@
+-- The playbook engine, driven through the real binary in a throwaway project:
+-- run, undo, retries, timeouts, plan mode, journal and resume, locks, output, secrets.
+package.path = "spec/support/?.lua;" .. package.path
+local project = require("project")
+
+local function events_of(events, kind)
+  local out = {}
+  for _, e in ipairs(events or {}) do if e.event == kind then out[#out + 1] = e end end
+  return out
+end
+
+-- A playbook whose steps append their name to trace.txt, and whose undos append undo:NAME.
+local TRACE = [[
+local function trace(word)
+  local f = io.open("trace.txt", "a"); f:write(word, "\n"); f:close()
+end
+]]
+
+local function read_trace(p)
+  local out = {}
+  for line in (p:read("trace.txt") or ""):gmatch("[^\n]+") do out[#out + 1] = line end
+  return out
+end
+
+describe("tug run", function()
+  local p
+  before_each(function() p = project.new() end)
+  after_each(function() p:remove() end)
+
+  it("runs the steps in order, journals them and exits 0", function()
+    p:write("playbooks/deploy_app.lua", TRACE .. [[
+return playbook {
+  description = "deploy the app",
+  params = { version = { type = "string", required = true } },
+  steps = {
+    step "one" { run = function(ctx) trace("one"); ctx.state.version = ctx.params.version end },
+    step "two" { run = function(ctx) trace("two " .. ctx.state.version) end },
+  },
+}]])
+    local r = p:tug({ "run", "deploy-app", "version=v1.0.0" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.are.same({ "one", "two v1.0.0" }, read_trace(p))
+    local events = p:journal()
+    assert.are.equal("run_start", events[1].event)
+    assert.are.same({ version = "v1.0.0" }, events[1].params)
+    assert.are.equal("local", events[1].env)
+    local ends = events_of(events, "step_end")
+    assert.are.equal(2, #ends)
+    assert.are.equal("v1.0.0", ends[1].state.version)
+    assert.are.equal("succeeded", events_of(events, "run_end")[1].status)
+    assert.matches("deploy%-app: succeeded", r.stdout)
+  end)
+
+  it("undoes the completed steps in reverse when a step fails, exit 1", function()
+    p:write("playbooks/pb.lua", TRACE .. [[
+return playbook { steps = {
+  step "a" { run = function() trace("a") end, undo = function() trace("undo:a") end },
+  step "b" { run = function() trace("b") end },
+  step "c" { run = function() trace("c") end, undo = function() trace("undo:c") end },
+  step "d" { run = function() error("health check failed") end, undo = function() trace("undo:d") end },
+  step "e" { run = function() trace("e") end },
+} }]])
+    local r = p:tug({ "run", "pb" })
+    assert.are.equal(1, r.code)
+    assert.are.same({ "a", "b", "c", "undo:c", "undo:a" }, read_trace(p))
+    local run_end = events_of(p:journal(), "run_end")[1]
+    assert.are.equal("rolled-back", run_end.status)
+    assert.matches("step \"d\" failed: .*health check failed", run_end.reason)
+  end)
+
+  it("ends failed when there is nothing to undo, and --no-undo undoes nothing", function()
+    p:write("playbooks/pb.lua", TRACE .. [[
+return playbook { steps = {
+  step "a" { run = function() trace("a") end, undo = function() trace("undo:a") end },
+  step "b" { run = function() error("nope") end },
+} }]])
+    local r = p:tug({ "run", "pb", "--no-undo" })
+    assert.are.equal(1, r.code)
+    assert.are.same({ "a" }, read_trace(p))
+    assert.are.equal("failed", events_of(p:journal(), "run_end")[1].status)
+  end)
+
+  it("says loudly when an undo fails, exit 5", function()
+    p:write("playbooks/pb.lua", TRACE .. [[
+return playbook { steps = {
+  step "a" { run = function() end, undo = function() trace("undo:a") end },
+  step "b" { run = function() end, undo = function() error("cannot scale back") end },
+  step "c" { run = function() error("broken") end },
+} }]])
+    local r = p:tug({ "run", "pb" })
+    assert.are.equal(5, r.code)
+    assert.are.same({ "undo:a" }, read_trace(p)) -- the other undos still ran
+    assert.matches("rollback%-failed", r.stdout)
+    assert.matches("a human must look", r.stdout)
+    assert.matches("cannot scale back", r.stdout)
+  end)
+
+  it("retries a failing step with backoff", function()
+    p:write("playbooks/pb.lua", [[
+local tries = 0
+return playbook { steps = {
+  step "flaky" { retries = 3, retry_delay = "50ms", backoff = 2, run = function(ctx)
+    tries = tries + 1
+    ctx.state.tries = tries
+    if tries < 3 then error("not ready") end
+  end },
+} }]])
+    local r = p:tug({ "run", "pb" })
+    assert.are.equal(0, r.code, r.stdout)
+    local events = p:journal()
+    local retries = events_of(events, "step_retry")
+    assert.are.equal(2, #retries)
+    assert.are.equal(0.05, retries[1].delay)
+    assert.are.equal(0.1, retries[2].delay)
+    local step_end = events_of(events, "step_end")[1]
+    assert.are.equal(3, step_end.attempts)
+    assert.are.equal(3, step_end.state.tries)
+  end)
+
+  it("fails a step that runs past its timeout, and rolls back", function()
+    p:write("playbooks/pb.lua", TRACE .. [[
+return playbook { steps = {
+  step "a" { run = function() end, undo = function() trace("undo:a") end },
+  step "slow" { timeout = "100ms", run = function() task.sleep(30) end },
+} }]])
+    local r = p:tug({ "run", "pb" })
+    assert.are.equal(1, r.code)
+    assert.is_true(r.duration < 10)
+    assert.matches("timed out", events_of(p:journal(), "step_end")[2].error)
+    assert.are.same({ "undo:a" }, read_trace(p))
+  end)
+
+  it("skips a step whose when() is false, and honours --from and --tags", function()
+    p:write("playbooks/pb.lua", TRACE .. [[
+return playbook { params = { colour = { type = "enum", values = { "blue", "green" }, default = "blue" } },
+steps = {
+  step "one" { run = function() trace("one") end },
+  step "only green" { when = function(ctx) return ctx.params.colour == "green" end, run = function() trace("green") end },
+  step "three" { tags = { "traffic" }, run = function() trace("three") end },
+  step "four" { run = function() trace("four") end },
+} }]])
+    assert.are.equal(0, p:tug({ "run", "pb" }).code)
+    assert.are.same({ "one", "three", "four" }, read_trace(p))
+    os.remove(p.dir .. "/trace.txt")
+    assert.are.equal(0, p:tug({ "run", "pb", "--from", "three" }).code)
+    assert.are.same({ "three", "four" }, read_trace(p))
+    os.remove(p.dir .. "/trace.txt")
+    assert.are.equal(0, p:tug({ "run", "pb", "--tags", "traffic", "colour=green" }).code)
+    assert.are.same({ "three" }, read_trace(p))
+    local r = p:tug({ "run", "pb", "--from", "nine" })
+    assert.are.equal(2, r.code)
+    assert.matches("has no step \"nine\"", r.stderr)
+  end)
+
+  it("validates params with messages that name the param, exit 2, running nothing", function()
+    p:write("playbooks/pb.lua", TRACE .. [[
+return playbook {
+  params = {
+    version = { type = "string", required = true, pattern = "^v%d+%.%d+%.%d+$", help = "image tag" },
+    replicas = { type = "integer", default = 4, min = 1 },
+    strategy = { type = "enum", values = { "fast", "safe" }, default = "safe" },
+    window = { type = "duration", default = "10m" },
+  },
+  steps = { step "go" { run = function(ctx) trace(ctx.params.window .. " " .. ctx.params.replicas) end } },
+}]])
+    local r = p:tug({ "run", "pb", "version=2.0", "replicas=0", "strategy=yolo", "colour=red" })
+    assert.are.equal(2, r.code)
+    assert.matches("param 'version': '2.0' does not match", r.stderr)
+    assert.matches("param 'replicas': 0 is below the minimum 1", r.stderr)
+    assert.matches("param 'strategy': 'yolo' is not one of fast, safe", r.stderr)
+    assert.matches("unknown param 'colour'", r.stderr)
+    assert.is_nil(p:read("trace.txt"))
+    r = p:tug({ "run", "pb" })
+    assert.matches("param 'version' is required: image tag", r.stderr)
+    assert.are.equal(0, p:tug({ "run", "pb", "version=v1.2.3" }).code)
+    assert.are.same({ "600 4" }, read_trace(p))
+  end)
+
+  it("plans without leaving a trace: commands and writes are recorded, not done", function()
+    p:write("playbooks/pb.lua", [[
+return playbook { lock = "deploy", steps = {
+  step "read" { run = function(ctx) ctx.state.listing = exec.run({ "ls", "/" }, { read_only = true }).stdout end },
+  step "touch" { run = function() exec.run({ "touch", "touched" }) end },
+  step "say" { run = function(ctx) ctx:would("scale blue down to 0") end },
+} }]])
+    local r = p:tug({ "plan", "pb" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.matches("would exec: touch touched", r.stdout)
+    assert.matches("would step: scale blue down to 0", r.stdout)
+    assert.matches("planned", r.stdout)
+    assert.is_false(p:exists("touched"))
+    assert.is_false(p:exists(".tug")) -- no journal, no lock
+  end)
+
+  it("refuses Lua's own writers in plan mode with a message that points the way", function()
+    p:write("playbooks/pb.lua", [[
+return playbook { steps = {
+  step "write" { run = function() local f = io.open("written", "w"); f:write("x"); f:close() end },
+} }]])
+    local r = p:tug({ "plan", "pb" })
+    assert.are.equal(1, r.code)
+    assert.matches("cannot run under `tug plan`", r.stdout)
+    assert.is_false(p:exists("written"))
+  end)
+
+  it("keeps a ${secret:env:...} value out of every output, the journal and JSON events", function()
+    p:write("environments/local.yaml", "name: local\napi_token: ${secret:env:API_TOKEN}\n")
+    p:write("playbooks/pb.lua", [[
+return playbook { steps = {
+  step "use" { run = function(ctx)
+    print("token is " .. ctx.env.api_token)
+    ctx.log.info("calling with " .. ctx.env.api_token)
+    log.warn("global log " .. ctx.env.api_token)
+    ctx.state.token = ctx.env.api_token
+  end },
+  step "fail" { run = function(ctx) error("rejected " .. ctx.env.api_token) end },
+} }]])
+    local secret = "tok-9f8e7d6c5b4a"
+    local r = p:tug({ "run", "pb", "--output", "json" }, { env = { API_TOKEN = secret } })
+    assert.are.equal(1, r.code)
+    local everything = r.stdout .. r.stderr .. (p:read(".tug/runs/" .. select(2, p:journal()) .. ".jsonl") or "")
+    assert.is_nil(everything:find(secret, 1, true))
+    assert.matches("rejected %*%*%*", r.stdout)
+    for line in r.stdout:gmatch("[^\n]+") do
+      if line:sub(1, 1) == "{" then assert.is_table(json.decode(line)) end
+    end
+  end)
+
+  it("names the missing variable, key and file when an environment cannot resolve", function()
+    p:write("environments/local.yaml", "name: local\ndatabase:\n  url: ${env:NO_SUCH_VARIABLE_X}\n")
+    p:write("playbooks/pb.lua", "return playbook { steps = { step 'a' { run = function() end } } }")
+    local r = p:tug({ "run", "pb" })
+    assert.are.equal(2, r.code)
+    assert.matches("environments/local.yaml: database.url: environment variable NO_SUCH_VARIABLE_X is not set", r.stderr)
+  end)
+
+  it("writes JSON events, a JUnit report and GitHub Actions annotations", function()
+    p:write("playbooks/pb.lua", [[
+return playbook { steps = {
+  step "ok step" { run = function() end },
+  step "bad step" { run = function() error("bad <thing>") end },
+} }]])
+    local r = p:tug({ "run", "pb", "--junit", "report.xml" }, { env = { GITHUB_ACTIONS = "true",
+      GITHUB_STEP_SUMMARY = p.dir .. "/summary.md" } })
+    assert.are.equal(1, r.code)
+    assert.matches("::group::ok step", r.stdout)
+    assert.matches("::error title=bad step failed::", r.stdout)
+    local xml = p:read("report.xml")
+    assert.matches('<testsuite name="pb" tests="2" failures="1"', xml)
+    assert.matches('<testcase classname="pb" name="bad step"', xml)
+    assert.matches("bad &lt;thing&gt;", xml)
+    assert.matches("| bad step | ❌ failed |", p:read("summary.md"))
+    r = p:tug({ "run", "pb", "--output", "json" })
+    local kinds = {}
+    for line in r.stdout:gmatch("[^\n]+") do kinds[#kinds + 1] = json.decode(line).event end
+    assert.are.same({ "run_start", "step_start", "step_end", "step_start", "step_end", "run_end" }, kinds)
+  end)
+
+  it("refuses a protected environment without --env, and without --yes when nobody can answer", function()
+    p:write("environments/production.yaml", "name: production\nprotected: true\n")
+    p:write("environments/local.yaml", "name: local\nprotected: true\n")
+    p:write("playbooks/pb.lua", TRACE .. [[
+return playbook { steps = {
+  step "look" { read_only = true, run = function() trace("look") end },
+  step "change" { run = function() trace("change") end },
+} }]])
+    local r = p:tug({ "run", "pb" })
+    assert.are.equal(2, r.code)
+    assert.matches("protected: name it explicitly with %-%-env local", r.stderr)
+    r = p:tug({ "run", "pb", "--env", "production" })
+    assert.are.equal(1, r.code)
+    assert.matches("production is protected: step \"change\" changes it", r.stdout)
+    assert.are.same({ "look" }, read_trace(p))
+    r = p:tug({ "run", "pb", "--env", "production", "--yes" })
+    assert.are.equal(0, r.code)
+  end)
+
+  it("needs --yes for a confirm prompt when there is no terminal", function()
+    p:write("playbooks/pb.lua", TRACE .. [[
+return playbook { steps = {
+  step "switch" { confirm = "Switch {env} traffic to {params.colour}?", run = function() trace("switched") end },
+}, params = { colour = { default = "green" } } }]])
+    local r = p:tug({ "run", "pb" })
+    assert.are.equal(1, r.code)
+    assert.matches("Switch local traffic to green%?", r.stdout)
+    assert.matches("%-%-yes", r.stdout)
+    assert.is_nil(p:read("trace.txt"))
+    assert.are.equal(0, p:tug({ "run", "pb", "--yes" }).code)
+    assert.are.same({ "switched" }, read_trace(p))
+  end)
+end)
+
+describe("locks", function()
+  local p
+  before_each(function() p = project.new() end)
+  after_each(function() p:remove() end)
+
+  local SLOW = [[
+return playbook { lock = "deploy", steps = {
+  step "hold" { run = function() local f = io.open("started", "w"); f:close(); task.sleep(tonumber(os.getenv("HOLD") or "0")) end },
+} }]]
+
+  it("refuses a second run on the same lock with exit 3, naming the holder", function()
+    p:write("playbooks/pb.lua", SLOW)
+    local first = p:spawn({ "run", "pb" }, { env = { HOLD = "5" } })
+    assert.is_true(project.wait_for(function() return p:exists("started") end))
+    local r = p:tug({ "run", "pb" })
+    assert.are.equal(3, r.code)
+    assert.matches("lock 'deploy' on local is held by run %S+ of pb %(pid " .. first.pid, r.stderr)
+    first:kill("TERM")
+    first:wait()
+  end)
+
+  it("detects a holder that died and takes the lock with --break-lock", function()
+    p:write("playbooks/pb.lua", SLOW)
+    local first = p:spawn({ "run", "pb" }, { env = { HOLD = "30" } })
+    assert.is_true(project.wait_for(function() return p:exists("started") end))
+    first:kill("KILL")
+    first:wait()
+    local r = p:tug({ "run", "pb" })
+    assert.are.equal(3, r.code)
+    assert.matches("that process is gone: rerun with %-%-break%-lock", r.stderr)
+    assert.are.equal(0, p:tug({ "run", "pb", "--break-lock" }).code)
+  end)
+end)
+
+describe("interrupts and resume", function()
+  local p
+  before_each(function() p = project.new() end)
+  after_each(function() p:remove() end)
+
+  it("rolls back on Ctrl-C, cancelling the running step, exit 4", function()
+    p:write("playbooks/pb.lua", TRACE .. [[
+return playbook { steps = {
+  step "a" { run = function() trace("a") end, undo = function() trace("undo:a") end },
+  step "wait" { run = function() trace("waiting"); exec.run({ "sleep", "30" }) end },
+} }]])
+    local proc = p:spawn({ "run", "pb" })
+    assert.is_true(project.wait_for(function() return (p:read("trace.txt") or ""):find("waiting") end))
+    proc:kill("INT")
+    local r = proc:wait()
+    assert.are.equal(4, r.code, r.stdout .. r.stderr)
+    assert.is_true(r.duration < 10)
+    assert.are.same({ "a", "waiting", "undo:a" }, read_trace(p))
+    local run_end = events_of(p:journal(), "run_end")[1]
+    assert.are.equal("rolled-back", run_end.status)
+    assert.is_true(run_end.interrupted)
+  end)
+
+  it("resumes a run killed with -9 from the first unfinished step, with its saved state", function()
+    p:write("playbooks/pb.lua", TRACE .. [[
+return playbook { steps = {
+  step "count" { run = function(ctx) trace("count"); ctx.state.answer = 42 end },
+  step "long" { run = function(ctx)
+    trace("long")
+    if not os.getenv("FAST") then task.sleep(30) end
+  end },
+  step "use" { run = function(ctx) trace("use " .. ctx.state.answer) end },
+} }]])
+    local proc = p:spawn({ "run", "pb" })
+    assert.is_true(project.wait_for(function() return (p:read("trace.txt") or ""):find("long") end))
+    proc:kill("KILL")
+    proc:wait()
+    local _, run_id = p:journal()
+    local listing = p:tug({ "runs" })
+    assert.matches(run_id:gsub("%p", "%%%0") .. "%s+pb%s+local%s+running", listing.stdout)
+    local r = p:tug({ "resume", run_id }, { env = { FAST = "1" } })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.are.same({ "count", "long", "long", "use 42" }, read_trace(p))
+    assert.matches("succeeded", p:tug({ "show", run_id }).stdout)
+    r = p:tug({ "resume", run_id })
+    assert.are.equal(2, r.code)
+    assert.matches("already ended: succeeded", r.stderr)
+  end)
+end)
+
+describe("list, describe and check", function()
+  local p
+  before_each(function() p = project.new() end)
+  after_each(function() p:remove() end)
+
+  it("lists playbooks in subfolders with their descriptions", function()
+    p:write("playbooks/blue_green.lua", 'return playbook { description = "switch colours", steps = { step "a" { run = function() end } } }')
+    p:write("playbooks/runbooks/api_outage.lua", 'return playbook { description = "when the API is down", steps = { step "a" { run = function() end } } }')
+    local r = p:tug({ "list" })
+    assert.are.equal(0, r.code)
+    assert.matches("api%-outage%s+when the API is down%s+playbooks/runbooks/api_outage.lua", r.stdout)
+    assert.matches("blue%-green%s+switch colours", r.stdout)
+  end)
+
+  it("describes params and steps, marking those with undo", function()
+    p:write("playbooks/pb.lua", [[return playbook { params = { version = { type = "string", required = true, help = "tag" } },
+      steps = { step "deploy" { run = function() end, undo = function() end, timeout = "5m" } } }]])
+    local r = p:tug({ "describe", "pb" })
+    assert.matches("version%s+string%s+required%s+tag", r.stdout)
+    assert.matches("1%. deploy%s+%[undo%] %[timeout 5m%]", r.stdout)
+  end)
+
+  it("reports every problem with file:line and exits 2", function()
+    p:write("playbooks/typo.lua", 'return playbook { steps = {\n  step "a" { run = function() end, tiemout = "5m" },\n} }')
+    p:write("playbooks/syntax.lua", "return playbook {\n  steps = \n")
+    p:write("playbooks/nothing.lua", "local x = 1\n")
+    p:write("environments/staging.yaml", "name: staging\nurl: [unclosed\n")
+    p:write("environments/bad_ref.yaml", "token: ${secret:vault:x}\n")
+    local r = p:tug({ "check" })
+    assert.are.equal(2, r.code)
+    assert.matches("playbooks/typo.lua:2: step \"a\" has an unknown field 'tiemout'", r.stderr)
+    assert.matches("playbooks/syntax.lua:3:", r.stderr)
+    assert.matches("playbooks/nothing.lua: the file must end with `return playbook", r.stderr)
+    assert.matches("environments/staging.yaml:%d+:%d+:", r.stderr)
+    assert.matches("bad_ref.yaml: token: unknown secret provider 'vault'", r.stderr)
+    assert.matches("5 problems", r.stdout)
+  end)
+
+  it("finds the project's own playbooks and environments clean", function()
+    local r = exec.run({ require("child").tug, "check" }, { env = { CI = "true" } })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+  end)
+end)
