@@ -77,8 +77,7 @@ local function discover(flags)
 end
 
 local function find(flags, name)
-  local found = discover(flags)
-  local pb = found.by_name[name]
+  local pb, found = playbooks.find(playbooks.dirs(flags.playbooks), name)
   if pb then return pb end
   for _, err in ipairs(found.errors) do complain("%s", err) end
   local names = {}

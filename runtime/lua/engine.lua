@@ -74,9 +74,14 @@ end
 local Run = {}
 Run.__index = Run
 
+-- Each event is encoded once, for the journal and for --output json alike. Times are kept
+-- to the millisecond and durations to the microsecond: finer is noise.
 function Run:emit(event)
-  if self.journal then self.journal:write(event) end
-  self.reporter.event(event)
+  event.time = math.floor(time.now() * 1000) / 1000
+  if event.duration then event.duration = math.floor(event.duration * 1e6 + 0.5) / 1e6 end
+  local line = log.redact(json.encode(event))
+  if self.journal then self.journal:write_line(line) end
+  self.reporter.event(event, line)
 end
 
 function Run:sync()

@@ -30,9 +30,9 @@ function M.create(run_id)
   return setmetatable({ file = f, path = path, run_id = run_id }, writer)
 end
 
-function writer:write(event)
-  event.time = event.time or time.now()
-  local line = log.redact(json.encode(event))
+-- Appends one event, already encoded as JSON and redacted (the engine encodes each
+-- event once for every output).
+function writer:write_line(line)
   local ok, err = self.file:write(line, "\n")
   if not ok then error(tug.error.new("journal", "cannot write the journal " .. self.path .. ": " .. err), 0) end
   self.file:flush()

@@ -199,6 +199,22 @@ function M.discover(dirs)
   return found
 end
 
+-- Finds one playbook by name. Loads only the files whose name matches first (the usual
+-- case: blue_green.lua declares blue-green), and every playbook only when none does.
+-- Returns the playbook, or nil and the discovery (for its list and errors).
+function M.find(dirs, name)
+  local files = {}
+  for _, dir in ipairs(dirs) do scan(dir, files) end
+  for _, path in ipairs(files) do
+    if path:match("([^/]+)%.lua$"):gsub("_", "-") == name then
+      local pb = M.load(path)
+      if pb and pb.name == name then return pb end
+    end
+  end
+  local found = M.discover(dirs)
+  return found.by_name[name], found
+end
+
 -- Converts one param value (a string from the command line, or a default) to its type.
 -- Returns the value, or nil and a message naming the param.
 function M.convert(name, p, raw)

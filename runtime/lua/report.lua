@@ -71,9 +71,17 @@ end
 
 local SPIN = { "|", "/", "-", "\\" }
 
+-- Cuts a line to the terminal width; `mark` is an escape-coded prefix that takes one column.
+local function fit(line, width, mark)
+  local invisible = mark and (#mark - 1) or 0
+  if #line - invisible <= width then return line end
+  return line:sub(1, width + invisible - 3) .. "..."
+end
+
 local function tty()
   local r = { steps = {}, lines = 0, running = false, frame = 0, header = nil, footer = {} }
   local function render()
+    local width = tug.sys.term_width() - 1
     local buf = {}
     if r.lines > 0 then buf[#buf + 1] = string.format("\27[%dA\27[J", r.lines) end
     local count = 0
@@ -90,10 +98,11 @@ local function tty()
       elseif s.status == "undo-failed" then mark, extra = "\27[31m!\27[0m", "UNDO FAILED"
       elseif s.status == "undoing" then mark, extra = SPIN[r.frame % #SPIN + 1], "undoing"
       end
-      buf[#buf + 1] = string.format(" %s %2d. %-44s %s\n", mark, i, s.name, extra)
+      -- a line that wraps would throw off the redraw, so each is cut to the width
+      buf[#buf + 1] = fit(string.format(" %s %2d. %-44s %s", mark, i, s.name, extra), width, mark) .. "\n"
       count = count + 1
       for _, c in ipairs(s.changes or {}) do
-        buf[#buf + 1] = string.format("         would %s: %s\n", c.module, c.summary)
+        buf[#buf + 1] = fit(string.format("         would %s: %s", c.module, c.summary), width) .. "\n"
         count = count + 1
       end
     end
@@ -159,7 +168,7 @@ end
 -- ---- json: one event per line on stdout ----
 
 local function json_lines()
-  return { event = function(e) out(log.redact(json.encode(e)) .. "\n") end }
+  return { event = function(e, line) out((line or log.redact(json.encode(e))) .. "\n") end }
 end
 
 -- ---- junit: one testcase per step, written at the end ----
@@ -255,8 +264,8 @@ function M.new(opts)
   if opts.junit then list[#list + 1] = junit(opts.junit) end
   if os.getenv("GITHUB_ACTIONS") == "true" and output ~= "json" then list[#list + 1] = github() end
   return {
-    event = function(e)
-      for _, r in ipairs(list) do r.event(e) end
+    event = function(e, line)
+      for _, r in ipairs(list) do r.event(e, line) end
     end,
   }
 end

@@ -18,3 +18,36 @@ echo "== child processes: 1,000 /bin/true, 50 at a time (target: parity with xar
 hyperfine -N --warmup 2 --runs 10 \
   "$tug lua spec/bench/exec_true.lua 1000 50" \
   "xargs -P 50 -n 1 -a spec/bench/thousand.txt /bin/true" 2>&1 | grep -v "^ *$"
+
+echo
+echo "== engine: per-step overhead, 10,000 no-op steps (target: under 20 us a step)"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$tug" lua spec/bench/engine.lua "$work"
+tug_abs=$(cd "$(dirname "$tug")" && pwd)/$(basename "$tug")
+per_step() { # $1 = TUG_HOME; prints the per-step cost from one timed run
+  local t0 t1
+  t0=$(date +%s%N)
+  (cd "$work" && TUG_HOME="$1" CI=true "$tug_abs" run noop10k --output json > /dev/null)
+  t1=$(date +%s%N)
+  awk -v ns=$((t1 - t0)) 'BEGIN { printf "%.1f us a step (%.2f s in all)\n", ns / 1000 / 10000, ns / 1e9 }'
+}
+printf "journal on tmpfs (/dev/shm), fsync is free:  "; per_step /dev/shm/tug-bench-$$
+printf "journal on this disk, fsync at each step:     "; per_step "$work/.tug"
+rm -rf /dev/shm/tug-bench-$$
+
+echo
+echo "== tug plan of 50 steps against ansible-playbook --list-tasks of 50 tasks (target: 100x faster)"
+if command -v ansible-playbook > /dev/null; then
+  (cd "$work/plan" && hyperfine -N --warmup 2 --runs 10 "$tug_abs plan plan50 --output json" \
+    "ansible-playbook --list-tasks plan50.yml" 2>&1 | grep -v "^ *$")
+else
+  echo "ansible-playbook is not installed (vendor/install.sh bench installs ansible-core)"
+fi
+
+echo
+echo "== peak memory of a run (target: under 10 MB)"
+(cd "$work" && TUG_HOME=/dev/shm/tug-bench-rss-$$ CI=true /usr/bin/time -f "tug run of 10,000 steps: %M KB peak RSS" \
+  "$tug_abs" run noop10k --output json > /dev/null)
+(cd "$work/plan" && CI=true /usr/bin/time -f "tug plan of 50 steps:      %M KB peak RSS" "$tug_abs" plan plan50 > /dev/null)
+rm -rf /dev/shm/tug-bench-rss-$$
