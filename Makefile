@@ -11,7 +11,7 @@
 #
 # Every library's flags come from pkg-config; there is no configure step.
 
-PKGS     := lua5.4 libuv libcurl yaml-0.1 jansson
+PKGS     := lua5.4 libuv libcurl yaml-0.1 jansson libpq libcrypto
 CC       ?= cc
 OPT      ?= -O2 -g
 CFLAGS   := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter $(OPT)
@@ -22,7 +22,7 @@ LDLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lm
 LDFLAGS  := -Wl,-E
 PREFIX   ?= /usr/local
 
-RUNTIME_SRC := runtime/main.c runtime/host.c runtime/scheduler.c runtime/redact.c runtime/duration.c runtime/plan.c
+RUNTIME_SRC := runtime/main.c runtime/host.c runtime/scheduler.c runtime/redact.c runtime/duration.c runtime/plan.c runtime/sys.c
 MODULE_SRC  := $(wildcard modules/*/*.c)
 # A module's entry point is modules/NAME/NAME.c (luaopen_tug_NAME).
 NATIVES     := $(foreach f,$(MODULE_SRC),$(if $(filter $(notdir $(patsubst %/,%,$(dir $f))),\
