@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
@@ -147,7 +148,124 @@ static int sys_term_width(lua_State *L) {
   return 1;
 }
 
+/* ---- read_line: a prompt's answer, read on the loop so Ctrl-C still works ---- */
+
+/* Bytes read past the newline of an answer, kept for the next prompt. */
+static struct {
+  char *data;
+  size_t len;
+} pending;
+
+typedef struct {
+  tug_op base;
+  union {
+    uv_tty_t tty;
+    uv_pipe_t pipe;
+    uv_handle_t handle;
+  } h;
+  int eof;
+} readline_op;
+
+static void readline_closed(uv_handle_t *h) { free(h->data); }
+
+static void readline_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  (void)h;
+  (void)suggested;
+  static char chunk[4096];
+  *buf = uv_buf_init(chunk, sizeof chunk);
+}
+
+static int pending_has_line(void) {
+  return pending.len > 0 && memchr(pending.data, '\n', pending.len) != NULL;
+}
+
+static void readline_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf) {
+  readline_op *op = stream->data;
+  if (n > 0) {
+    char *grown = realloc(pending.data, pending.len + (size_t)n);
+    if (grown == NULL) {
+      op->eof = 1; /* out of memory: end the answer here */
+    } else {
+      pending.data = grown;
+      memcpy(pending.data + pending.len, buf->base, (size_t)n);
+      pending.len += (size_t)n;
+    }
+  } else if (n < 0) {
+    op->eof = 1;
+  }
+  if (op->eof || pending_has_line()) {
+    uv_read_stop(stream);
+    tug_op_done(&op->base);
+  }
+}
+
+/* Pushes the first line of the pending bytes (without its newline), or everything at EOF;
+   nil when there is nothing. */
+static int push_pending_line(lua_State *L, int eof) {
+  char *nl = pending.len ? memchr(pending.data, '\n', pending.len) : NULL;
+  size_t take = nl ? (size_t)(nl - pending.data) : (eof ? pending.len : 0);
+  if (nl == NULL && (take == 0 || !eof)) {
+    lua_pushnil(L);
+    return 1;
+  }
+  size_t line_len = take > 0 && pending.data[take - 1] == '\r' ? take - 1 : take;
+  lua_pushlstring(L, pending.data, line_len);
+  size_t consumed = nl ? take + 1 : take;
+  memmove(pending.data, pending.data + consumed, pending.len - consumed);
+  pending.len -= consumed;
+  return 1;
+}
+
+static void readline_release(tug_op *base) {
+  readline_op *op = (readline_op *)base;
+  uv_close(&op->h.handle, readline_closed);
+}
+
+static int readline_resume(lua_State *L, tug_op *base) {
+  readline_op *op = (readline_op *)base;
+  int eof = op->eof;
+  readline_release(base);
+  return push_pending_line(L, eof);
+}
+
+/* tug.sys.read_line(): one line from standard input (nil at the end), waiting on the loop. */
+static int sys_read_line(lua_State *L) {
+  if (pending_has_line())
+    return push_pending_line(L, 0);
+  uv_handle_type type = uv_guess_handle(0);
+  if (type != UV_TTY && type != UV_NAMED_PIPE) {
+    /* a file or /dev/null answers at once: a plain read cannot stall the loop */
+    char line[4096];
+    if (fgets(line, sizeof line, stdin) == NULL) {
+      lua_pushnil(L);
+      return 1;
+    }
+    line[strcspn(line, "\r\n")] = '\0';
+    lua_pushstring(L, line);
+    return 1;
+  }
+  tug_check_task(L, "reading an answer");
+  readline_op *op = calloc(1, sizeof *op);
+  if (op == NULL)
+    return luaL_error(L, "out of memory");
+  int rc = type == UV_TTY ? uv_tty_init(tug_loop(), &op->h.tty, 0, 1)
+                          : uv_pipe_init(tug_loop(), &op->h.pipe, 0);
+  if (rc == 0 && type == UV_NAMED_PIPE)
+    rc = uv_pipe_open(&op->h.pipe, 0);
+  op->h.handle.data = op;
+  if (rc == 0)
+    rc = uv_read_start((uv_stream_t *)&op->h.handle, readline_alloc, readline_read);
+  if (rc != 0) {
+    uv_close(&op->h.handle, readline_closed);
+    return luaL_error(L, "cannot read standard input: %s", uv_strerror(rc));
+  }
+  op->base.resume = readline_resume;
+  op->base.cancel = readline_release;
+  return tug_await(L, &op->base);
+}
+
 static const luaL_Reg sys_funcs[] = {
+    {"read_line", sys_read_line},
     {"pid", sys_pid},
     {"hostname", sys_hostname},
     {"pid_alive", sys_pid_alive},

@@ -417,3 +417,84 @@ describe("list, describe and check", function()
     assert.are.equal(0, r.code, r.stdout .. r.stderr)
   end)
 end)
+
+describe("on a terminal", function()
+  local p
+  before_each(function() p = project.new() end)
+  after_each(function()
+    exec.run({ "tmux", "-L", "tug-spec", "kill-server" })
+    p:remove()
+  end)
+
+  -- Runs tug in a real terminal (tmux); returns a function that types keys and one that
+  -- reads the screen.
+  local function terminal(args)
+    local command = require("child").tug .. " " .. table.concat(args, " ") .. "; echo EXIT=$?; sleep 60"
+    exec.run({ "tmux", "-L", "tug-spec", "new-session", "-d", "-x", "150", "-y", "40", "-c", p.dir,
+      "-e", "CI=", "-e", "GITHUB_ACTIONS=", command }, { check = true })
+    local function keys(...)
+      exec.run({ "tmux", "-L", "tug-spec", "send-keys", ... }, { check = true })
+    end
+    local function screen()
+      return exec.run({ "tmux", "-L", "tug-spec", "capture-pane", "-p", "-J" }).stdout
+    end
+    return keys, screen
+  end
+
+  it("asks before every step with --step: run, skip, and Ctrl-C at a prompt rolls back", function()
+    p:write("playbooks/pb.lua", TRACE .. [[
+return playbook { steps = {
+  step "one" { run = function() trace("one") end, undo = function() trace("undo:one") end },
+  step "two" { run = function() trace("two") end },
+  step "three" { run = function() trace("three") end },
+} }]])
+    local keys, screen = terminal({ "run", "pb", "--step", "--output", "plain" })
+    local function prompt(name)
+      return project.wait_for(function() return screen():find("Next: " .. name, 1, true) end)
+    end
+    assert.is_true(prompt("one"), screen())
+    keys("r", "Enter")
+    assert.is_true(prompt("two"), screen())
+    keys("s", "Enter")
+    assert.is_true(prompt("three"), screen())
+    keys("C-c")
+    assert.is_true(project.wait_for(function() return screen():find("EXIT=", 1, true) end, 3), screen())
+    local text = screen()
+    assert.matches("EXIT=4", text)
+    assert.matches("interrupted at the prompt before step \"three\"", text)
+    assert.are.same({ "one", "undo:one" }, read_trace(p))
+    local decisions = events_of(p:journal(), "decision")
+    assert.are.equal("run", decisions[1].answer)
+    assert.are.equal("skip", decisions[2].answer)
+  end)
+
+  it("shows a live view with every step and its result", function()
+    p:write("playbooks/pb.lua", [[
+return playbook { steps = {
+  step "deploy idle colour" { run = function() task.sleep(0.3) end },
+  step "switch traffic" { run = function() error("selector refused") end, undo = function() end },
+} }]])
+    local _, screen = terminal({ "run", "pb" })
+    assert.is_true(project.wait_for(function() return screen():find("EXIT=", 1, true) end), screen())
+    local text = screen()
+    assert.matches("✓%s+1%. deploy idle colour%s+%d+ms", text)
+    assert.matches("✗%s+2%. switch traffic", text)
+    assert.matches("failed: step \"switch traffic\" failed: .*selector refused", text)
+    assert.matches("EXIT=1", text)
+  end)
+
+  it("asks before each changing step on a protected environment", function()
+    p:write("environments/production.yaml", "name: production\nprotected: true\n")
+    p:write("playbooks/pb.lua", TRACE .. [[
+return playbook { steps = {
+  step "look" { read_only = true, run = function() trace("look") end },
+  step "change" { run = function() trace("change") end },
+} }]])
+    local keys, screen = terminal({ "run", "pb", "--env", "production", "--output", "plain" })
+    assert.is_true(project.wait_for(function() return screen():find("Run \"change\"?", 1, true) end), screen())
+    keys("y", "Enter")
+    assert.is_true(project.wait_for(function() return screen():find("EXIT=", 1, true) end), screen())
+    assert.matches("EXIT=0", screen())
+    assert.are.same({ "look", "change" }, read_trace(p))
+  end)
+end)

@@ -45,12 +45,13 @@ end
 
 -- ---- prompts ----
 
--- Reads one answer from the terminal; nil when stdin is closed.
+-- Reads one answer from the terminal, on the loop; nil when stdin is closed or the read
+-- was cancelled (Ctrl-C cancels the task that waits on it).
 local function ask(question)
   io.stdout:write(question, " ")
   io.stdout:flush()
-  local line = io.stdin:read("l")
-  return line and line:match("^%s*(.-)%s*$")
+  local ok, line = pcall(tug.sys.read_line)
+  return ok and line and line:match("^%s*(.-)%s*$") or nil
 end
 
 local function interactive()
@@ -131,7 +132,7 @@ function Run:make_ctx()
       error(tug.error.new("confirm", "needs a confirmation, and there is no terminal to ask: \"" .. message ..
         "\" (run with --yes to answer yes)"), 0)
     end
-    local answer = ask(message .. " [y/N]")
+    local answer = run:ask(message .. " [y/N]")
     local yes = answer ~= nil and answer:lower():match("^y") ~= nil
     run:emit({ event = "decision", question = message, answer = yes and "yes" or "no" })
     return yes
@@ -171,6 +172,16 @@ end
 
 -- Asks before a step when on-call mode (--step) or a protected environment wants it.
 -- Returns "run", "skip" or "abort".
+-- Asks in a task of its own, which Ctrl-C cancels like a running step.
+function Run:ask(question)
+  local asking = task.spawn(ask, question)
+  local outer = self.current
+  self.current = asking
+  local answer = asking:wait()
+  self.current = outer
+  return answer
+end
+
 function Run:gate(step)
   if self.plan then return "run" end
   local o = self.opts
@@ -179,8 +190,12 @@ function Run:gate(step)
       error(tug.error.new("usage", "--step needs a terminal to ask on"), 0)
     end
     while true do
-      local a = ask(string.format("Next: %s. [r]un, [s]kip or [a]bort?", step.name))
-      if a == nil then return "abort" end
+      local a = self:ask(string.format("Next: %s. [r]un, [s]kip or [a]bort?", step.name))
+      if a == nil then
+        self.aborted = string.format("%s at the prompt before step \"%s\"",
+          self.interrupted and "interrupted" or "no answer", step.name)
+        return "abort"
+      end
       a = a:lower()
       local choice = (a == "r" or a == "run" or a == "") and "run" or (a == "s" or a == "skip") and "skip"
         or (a == "a" or a == "abort") and "abort"
@@ -195,7 +210,7 @@ function Run:gate(step)
       error(tug.error.new("confirm", string.format("%s is protected: step \"%s\" changes it and there is " ..
         "no terminal to ask (run with --yes to go ahead)", self.env.name, step.name)), 0)
     end
-    local a = ask(string.format("%s is protected. Run \"%s\"? [y/N]", self.env.name, step.name))
+    local a = self:ask(string.format("%s is protected. Run \"%s\"? [y/N]", self.env.name, step.name))
     local yes = a ~= nil and a:lower():match("^y") ~= nil
     self:emit({ event = "decision", question = "run " .. step.name .. " on " .. self.env.name,
       answer = yes and "yes" or "no" })
@@ -224,7 +239,7 @@ function Run:run_step(index, step)
     self:sync()
     return true, nil, true
   elseif gate == "abort" then
-    self.aborted = "aborted by the operator before step \"" .. step.name .. "\""
+    self.aborted = self.aborted or ("aborted by the operator before step \"" .. step.name .. "\"")
     return false, self.aborted
   end
   if step.confirm then
@@ -395,7 +410,12 @@ function M.run(opts)
       local ok, err, skipped = self:run_step(index, step)
       if ok and not skipped then
         self.completed[#self.completed + 1] = { index = index, step = step }
-      elseif not ok then
+      end
+      if ok and self.interrupted then
+        -- the step finished as Ctrl-C arrived: it stays done (and is undone), and the run stops
+        ok, err = false, "interrupted after it finished"
+      end
+      if not ok then
         reason = string.format("step \"%s\" failed: %s", step.name, err)
         if self.aborted then reason = self.aborted end
         if self.plan then

@@ -22,7 +22,8 @@ M.providers = {
 }
 
 function M.dir()
-  return os.getenv("TUG_ENVIRONMENTS") or "environments"
+  local dir = os.getenv("TUG_ENVIRONMENTS")
+  return (dir and dir ~= "") and dir or "environments"
 end
 
 function M.available(dir)

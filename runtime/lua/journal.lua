@@ -5,7 +5,8 @@
 local M = {}
 
 function M.home()
-  return os.getenv("TUG_HOME") or ".tug"
+  local home = os.getenv("TUG_HOME")
+  return (home and home ~= "") and home or ".tug"
 end
 
 function M.dir()

@@ -43,7 +43,9 @@ local function plain()
       line("[%d/%d] %s: attempt %d failed: %s; retrying in %s", e.index, r.total, e.name,
         e.attempt, one_line(e.error), fmt_duration(e.delay))
     elseif kind == "step_end" then
-      if e.status == "ok" then
+      if e.status == "skipped" then
+        return -- step_skip said so
+      elseif e.status == "ok" then
         line("[%d/%d] %s: ok (%s)", e.index, r.total, e.name, fmt_duration(e.duration))
       else
         line("[%d/%d] %s: FAILED after %s: %s", e.index, r.total, e.name, fmt_duration(e.duration), e.error)
@@ -141,7 +143,7 @@ local function tty()
     elseif kind == "step_skip" then
       r.steps[e.index].status = "skipped"
       render()
-    elseif kind == "step_end" then
+    elseif kind == "step_end" and e.status ~= "skipped" then
       local s = r.steps[e.index]
       s.status, s.duration, s.changes = e.status, e.duration, e.changes
       if e.status ~= "ok" then above(string.format("   \27[31m%s failed:\27[0m %s\n", e.name, e.error)) else render() end
@@ -182,7 +184,7 @@ local function junit(path)
   function r.event(e)
     if e.event == "run_start" then
       r.playbook = e.playbook
-    elseif e.event == "step_end" or e.event == "step_skip" then
+    elseif (e.event == "step_end" and e.status ~= "skipped") or e.event == "step_skip" then
       r.cases[#r.cases + 1] = e
     elseif e.event == "run_end" then
       local failures, skipped, total = 0, 0, 0
@@ -225,7 +227,7 @@ local function github()
       r.playbook, r.env = e.playbook, e.env
     elseif e.event == "step_start" then
       out(string.format("::group::%s\n", e.name))
-    elseif e.event == "step_end" then
+    elseif e.event == "step_end" and e.status ~= "skipped" then
       out("::endgroup::\n")
       if e.status ~= "ok" then
         out(string.format("::error title=%s failed::%s\n", e.name, log.redact(one_line(e.error))))
@@ -256,7 +258,8 @@ function M.new(opts)
   local list = {}
   local output = opts.output
   if output == nil then
-    output = tug.sys.isatty(1) and os.getenv("TERM") ~= "dumb" and os.getenv("CI") == nil and "tty" or "plain"
+    local ci = os.getenv("CI")
+    output = tug.sys.isatty(1) and os.getenv("TERM") ~= "dumb" and (ci == nil or ci == "") and "tty" or "plain"
   end
   if output == "tty" then list[#list + 1] = tty()
   elseif output == "json" then list[#list + 1] = json_lines()

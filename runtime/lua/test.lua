@@ -2,9 +2,11 @@
 -- modules on the real loop. Adds a closing line 'N passed, N failed' that CI reads.
 
 local args = { ... }
-if #args == 0 or args[#args]:sub(1, 1) == "-" then
-  args[#args + 1] = "spec"
+local has_path = false
+for _, a in ipairs(args) do
+  if a:sub(1, 1) ~= "-" then has_path = true end
 end
+if not has_path then args[#args + 1] = "spec" end
 
 package.preload["tug.test_summary"] = function()
   local busted = require("busted")
