@@ -274,7 +274,7 @@ local function cmd_runs()
   if #runs == 0 then say("no runs in %s", journal.dir()) return EXIT.ok end
   for _, r in ipairs(runs) do
     say("%-22s  %-20s  %-12s  %-16s  %s", r.run_id, tostring(r.playbook), tostring(r.env), tostring(r.status),
-      r.started and time.format(r.started, "%Y-%m-%d %H:%M:%S") or "")
+      r.started and r.started:sub(1, 19):gsub("T", " ") or "")
   end
   return EXIT.ok
 end

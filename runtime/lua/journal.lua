@@ -99,7 +99,7 @@ function M.list()
       runs[#runs + 1] = run
     end
   end
-  table.sort(runs, function(a, b) return (a.started or 0) > (b.started or 0) end)
+  table.sort(runs, function(a, b) return (a.started or "") > (b.started or "") end)
   return runs
 end
 
