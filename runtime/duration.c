@@ -59,7 +59,10 @@ double tug_check_seconds(lua_State *L, int idx) {
     luaL_typeerror(L, idx, "number of seconds or duration string");
   double s;
   if (tug_parse_duration(text, &s) != 0)
-    luaL_argerror(L, idx, lua_pushfstring(L, "'%s' is not a duration (try \"30s\", \"1m30s\", "
-                                             "\"500ms\" or a number of seconds)", text));
+    luaL_argerror(L, idx,
+                  lua_pushfstring(L,
+                                  "'%s' is not a duration (try \"30s\", \"1m30s\", "
+                                  "\"500ms\" or a number of seconds)",
+                                  text));
   return s;
 }

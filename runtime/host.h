@@ -13,8 +13,8 @@ struct host_native {
   lua_CFunction open;
 };
 struct host_script {
-  const char *name;  /* module name, e.g. "exec" or "tug.test" */
-  const char *path;  /* source path in the tree, used as the chunk name */
+  const char *name; /* module name, e.g. "exec" or "tug.test" */
+  const char *path; /* source path in the tree, used as the chunk name */
   const char *code;
   size_t len;
 };
@@ -24,8 +24,8 @@ extern const struct host_script host_scripts[];
 /* Exit codes, listed in `tug help`. */
 enum {
   EXIT_OK = 0,
-  EXIT_FAILED = 1,    /* a Lua error, a failing test, an unhandled task failure */
-  EXIT_USAGE = 2,     /* bad command line */
+  EXIT_FAILED = 1, /* a Lua error, a failing test, an unhandled task failure */
+  EXIT_USAGE = 2,  /* bad command line */
   EXIT_INTERRUPTED = 130,
 };
 

@@ -130,8 +130,8 @@ static int cmd_engine(int argc, char **argv) {
   return host_run_main(L, push_args(L, argv, 1, argc), 1);
 }
 
-static const char *const engine_commands[] = {"list", "describe", "check", "plan", "run",
-                                              "runs", "show", "resume", NULL};
+static const char *const engine_commands[] = {"list", "describe", "check",  "plan", "run",
+                                              "runs", "show",     "resume", NULL};
 
 int main(int argc, char **argv) {
   /* Writing to a child or a socket whose reader is gone must fail with EPIPE, not kill

@@ -70,10 +70,11 @@ static int plan_take(lua_State *L) {
 }
 
 static const luaL_Reg plan_funcs[] = {
-    {"active", plan_active}, {"record", plan_record}, {"set", plan_set}, {"take", plan_take},
+    {"active", plan_active},
+    {"record", plan_record},
+    {"set", plan_set},
+    {"take", plan_take},
     {NULL, NULL},
 };
 
-void host_open_plan(lua_State *L) {
-  luaL_newlib(L, plan_funcs);
-}
+void host_open_plan(lua_State *L) { luaL_newlib(L, plan_funcs); }

@@ -24,18 +24,18 @@ enum task_state { TASK_NEW, TASK_READY, TASK_RUNNING, TASK_WAITING, TASK_DONE };
 
 struct tug_task {
   lua_State *co;
-  int ref;            /* registry anchor of the userdata while alive */
+  int ref; /* registry anchor of the userdata while alive */
   enum task_state state;
-  int nargs;          /* arguments waiting on co's stack for the first resume */
-  int queued;         /* on the ready queue */
+  int nargs;  /* arguments waiting on co's stack for the first resume */
+  int queued; /* on the ready queue */
   int cancelled;
-  int failed;         /* finished with an error: { value, traceback } is on co's stack */
-  int observed;       /* someone waited for the outcome */
-  int reported;       /* its failure was printed as unhandled */
-  int nresults;       /* results left on co's stack when it finished */
+  int failed;   /* finished with an error: { value, traceback } is on co's stack */
+  int observed; /* someone waited for the outcome */
+  int reported; /* its failure was printed as unhandled */
+  int nresults; /* results left on co's stack when it finished */
   uint64_t id;
-  uint64_t deadline;  /* uv_hrtime() after which the runaway-loop hook raises */
-  tug_op *op;         /* what the task waits for */
+  uint64_t deadline; /* uv_hrtime() after which the runaway-loop hook raises */
+  tug_op *op;        /* what the task waits for */
   tug_task *next_ready;
   tug_task *prev_live, *next_live;
   sched_watch *watchers;
@@ -47,7 +47,7 @@ static struct {
   lua_State *L; /* the main thread */
   uv_loop_t *loop;
   tug_task *ready_head, *ready_tail;
-  tug_task *live;     /* every task not yet finished */
+  tug_task *live; /* every task not yet finished */
   tug_task *current;
   uint64_t next_id;
   int unobserved_failures;
@@ -86,9 +86,7 @@ void tug_op_done(tug_op *op) {
 
 /* ---- waiting ---- */
 
-static int raise_cancelled(lua_State *L) {
-  return tug_raise(L, "cancelled", "task cancelled");
-}
+static int raise_cancelled(lua_State *L) { return tug_raise(L, "cancelled", "task cancelled"); }
 
 static int await_k(lua_State *L, int status, lua_KContext ctx) {
   tug_task *t = task_of(L);
@@ -104,11 +102,15 @@ static int await_k(lua_State *L, int status, lua_KContext ctx) {
 void tug_check_task(lua_State *L, const char *what) {
   tug_task *t = task_of(L);
   if (t == NULL || t->co != L)
-    luaL_error(L, "%s must be called from a task, not from the main thread or a coroutine "
-                  "made with coroutine.create", what);
+    luaL_error(L,
+               "%s must be called from a task, not from the main thread or a coroutine "
+               "made with coroutine.create",
+               what);
   if (!lua_isyieldable(L))
-    luaL_error(L, "%s cannot wait here: a C function (such as a table.sort comparator, a "
-                  "string.gsub callback or require) is on the stack", what);
+    luaL_error(L,
+               "%s cannot wait here: a C function (such as a table.sort comparator, a "
+               "string.gsub callback or require) is on the stack",
+               what);
 }
 
 int tug_await(lua_State *L, tug_op *op) {
@@ -261,7 +263,7 @@ static void task_save_error(tug_task *t) {
   lua_pop(L, 1);
   lua_setfield(L, -2, "value");
   lua_resetthread(co); /* closes its pending to-be-closed variables */
-  lua_settop(co, 0);    /* resetthread leaves the stale error object behind */
+  lua_settop(co, 0);   /* resetthread leaves the stale error object behind */
   lua_xmove(L, co, 1);
   t->failed = 1;
 }
@@ -360,9 +362,7 @@ void sched_push_error(lua_State *L, tug_task *t) {
 
 uint64_t sched_id(tug_task *t) { return t->id; }
 
-void sched_push_handle(lua_State *L, tug_task *t) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
-}
+void sched_push_handle(lua_State *L, tug_task *t) { lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref); }
 lua_State *sched_main(void) { return S.L; }
 tug_task *sched_current(void) { return S.current; }
 tug_task *sched_task_of(lua_State *co) { return task_of(co); }
@@ -401,8 +401,7 @@ int sched_interrupted(void) { return S.interrupts; }
 
 void sched_set_interrupt_handler(lua_State *L) {
   luaL_unref(L, LUA_REGISTRYINDEX, S.interrupt_ref);
-  S.interrupt_ref = lua_isnil(L, -1) ? (lua_pop(L, 1), LUA_NOREF)
-                                     : luaL_ref(L, LUA_REGISTRYINDEX);
+  S.interrupt_ref = lua_isnil(L, -1) ? (lua_pop(L, 1), LUA_NOREF) : luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 /* ---- the loop ---- */

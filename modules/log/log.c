@@ -11,8 +11,7 @@
 #include "tug.h"
 
 static int log_secret(lua_State *L) {
-  luaL_argexpected(L, lua_type(L, 1) == LUA_TSTRING || lua_type(L, 1) == LUA_TNUMBER, 1,
-                   "string");
+  luaL_argexpected(L, lua_type(L, 1) == LUA_TSTRING || lua_type(L, 1) == LUA_TNUMBER, 1, "string");
   size_t len;
   const char *s = lua_tolstring(L, 1, &len);
   tug_secret_add(s, len);
