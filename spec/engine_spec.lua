@@ -226,6 +226,18 @@ return playbook { steps = {
     end
   end)
 
+  it("reads ${secret:file:PATH} and ${env:VAR:-default} in environments", function()
+    p:write("token.txt", "file-secret-123\n")
+    p:write("environments/local.yaml", "name: local\ntoken: ${secret:file:token.txt}\nregion: ${env:NO_SUCH_REGION_X:-eu-west-1}\n")
+    p:write("playbooks/pb.lua", [[
+return playbook { steps = { step "show" { run = function(ctx)
+  print("token=" .. ctx.env.token .. " region=" .. ctx.env.region)
+end } } }]])
+    local r = p:tug({ "run", "pb" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.matches("token=%*%*%* region=eu%-west%-1", r.stdout)
+  end)
+
   it("names the missing variable, key and file when an environment cannot resolve", function()
     p:write("environments/local.yaml", "name: local\ndatabase:\n  url: ${env:NO_SUCH_VARIABLE_X}\n")
     p:write("playbooks/pb.lua", "return playbook { steps = { step 'a' { run = function() end } } }")
@@ -345,6 +357,30 @@ return playbook { steps = {
     local run_end = events_of(p:journal(), "run_end")[1]
     assert.are.equal("rolled-back", run_end.status)
     assert.is_true(run_end.interrupted)
+  end)
+
+  it("stops at once on a second Ctrl-C during the rollback and records where, exit 4", function()
+    p:write("playbooks/pb.lua", TRACE .. [[
+return playbook { steps = {
+  step "a" { run = function() trace("a") end, undo = function() trace("undo:a") end },
+  step "b" { run = function() trace("b") end, undo = function() trace("undoing:b"); exec.run({ "sleep", "30" }) end },
+  step "wait" { run = function() trace("waiting"); exec.run({ "sleep", "30" }) end },
+} }]])
+    local proc = p:spawn({ "run", "pb" })
+    assert.is_true(project.wait_for(function() return (p:read("trace.txt") or ""):find("waiting") end))
+    proc:kill("INT")
+    assert.is_true(project.wait_for(function() return (p:read("trace.txt") or ""):find("undoing:b") end))
+    proc:kill("INT")
+    local r = proc:wait()
+    assert.are.equal(4, r.code, r.stdout .. r.stderr)
+    assert.is_true(r.duration < 10)
+    -- a's undo never ran: the operator stopped the rollback in b's undo
+    assert.are.same({ "a", "b", "waiting", "undoing:b" }, read_trace(p))
+    local events = p:journal()
+    local run_end = events_of(events, "run_end")[1]
+    assert.are.equal("aborted", run_end.status)
+    assert.matches("stopped during the undo of \"b\"", run_end.reason)
+    assert.are.equal("stopped", events_of(events, "undo_end")[1].status)
   end)
 
   it("resumes a run killed with -9 from the first unfinished step, with its saved state", function()
