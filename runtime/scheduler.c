@@ -82,6 +82,9 @@ void tug_op_done(tug_op *op) {
     return; /* cancelled meanwhile: the op releases itself through cancel */
   t->state = TASK_READY;
   ready_push(t);
+  /* A timer callback runs at the top of uv_run(UV_RUN_ONCE), whose poll phase would then
+     block with this task ready: make the turn end without waiting. */
+  uv_stop(S.loop);
 }
 
 /* ---- waiting ---- */

@@ -24,6 +24,17 @@ describe("task", function()
     end
   end)
 
+  it("wakes a task whose timer fired at the top of a loop turn, without waiting for other timers", function()
+    local sleeper = task.spawn(function() task.sleep(0.01) end)
+    local other = task.spawn(function() task.sleep(5) end)
+    task.yield() -- both are now waiting on their timers
+    local t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.05 do end -- no yield: the 10 ms timer is overdue
+    sleeper:wait()
+    other:cancel()
+    assert.is_true(time.monotonic() - t0 < 1, "waited for the 5 s timer")
+  end)
+
   it("accepts durations as strings and names a bad one", function()
     local t0 = time.monotonic()
     task.sleep("20ms")
