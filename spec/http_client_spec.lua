@@ -572,6 +572,20 @@ describe("http client", function()
       assert.is_true(n >= 1 and n <= 16, n .. " connections")
     end)
 
+    it("sends concurrent requests to a new plain-HTTP host at once, not one after another", function()
+      local server = http.server({ handler = function() task.sleep(0.3); return 200, {}, "slow" end })
+      local t0 = time.monotonic()
+      local a, b, c = task.parallel({
+        function() return http.get(server.url .. "/a").status end,
+        function() return http.get(server.url .. "/b").status end,
+        function() return http.get(server.url .. "/c").status end,
+      })
+      local took = time.monotonic() - t0
+      server:close()
+      assert.are.same({ 200, 200, 200 }, { a, b, c })
+      assert.is_true(took < 0.55, "took " .. took .. " s: the requests queued behind each other")
+    end)
+
     it("multiplexes concurrent requests over one HTTP/2 connection", function()
       local tls = { ca = secure.ca }
       local warm = http.get(secure.url .. "/conn", { tls = tls })

@@ -745,7 +745,11 @@ static int http_start(lua_State *L) {
   curl_easy_setopt(e, CURLOPT_USERAGENT, "tug/" TUG_VERSION);
   curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  /* Waiting for a connection that may multiplex only pays over TLS, where HTTP/2 is
+     negotiated; over plain HTTP/1.1 it makes concurrent requests to a new host queue up
+     behind the first one. */
+  if (strncasecmp(url, "https://", 8) == 0)
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, req);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
