@@ -273,6 +273,13 @@ static void task_save_error(tug_task *t) {
 
 static void task_resume(tug_task *t) {
   int nres, nargs = 0;
+  if (t->state == TASK_NEW && t->cancelled) { /* cancelled before it ever ran */
+    lua_settop(t->co, 0);
+    tug_push_error(t->co, "cancelled", "task cancelled");
+    task_save_error(t);
+    task_finish(t);
+    return;
+  }
   if (t->state == TASK_NEW)
     nargs = t->nargs;
   t->state = TASK_RUNNING;
@@ -299,21 +306,14 @@ void sched_cancel(tug_task *t) {
   if (t->state == TASK_DONE || t->cancelled)
     return;
   t->cancelled = 1;
-  if (t->state == TASK_NEW) { /* never ran: finish it as cancelled without running it */
-    lua_settop(t->co, 0);
-    tug_push_error(t->co, "cancelled", "task cancelled");
-    t->queued = 0;
-    /* it may still sit on the ready queue: task_resume skips finished tasks */
-    task_save_error(t);
-    task_finish(t);
-    return;
-  }
   if (t->op) {
     tug_op *op = t->op;
     t->op = NULL;
     op->task = NULL;
     op->cancel(op);
   }
+  /* A task that never ran is still queued: task_resume finishes it without running it.
+     It must stay anchored and queued until then, or the queue would point at freed memory. */
   if (t->state == TASK_WAITING || t->state == TASK_READY) {
     t->state = TASK_READY;
     ready_push(t);
@@ -388,8 +388,7 @@ static void on_signal(uv_signal_t *h, int signum) {
 }
 
 void sched_cancel_all(void) {
-  /* rescan after each cancel: cancelling one task can finish others (a parallel's
-     children, a task that never ran), which unlinks them from the live list */
+  /* rescan after each cancel: an op's cancel may touch other tasks */
   for (;;) {
     tug_task *t = S.live;
     while (t && (t->cancelled || t->state == TASK_RUNNING))

@@ -134,6 +134,22 @@ describe("task", function()
     assert.are.equal("cancelled", retried.kind)
   end)
 
+  it("cancels tasks that never ran, even when nothing holds their handles any more", function()
+    local ran = false
+    for _ = 1, 100 do task.spawn(function() ran = true end):cancel() end
+    collectgarbage()
+    collectgarbage()
+    task.sleep(0.01)
+    assert.is_false(ran)
+    local h = task.spawn(function() ran = true end)
+    h:cancel()
+    local ok, err = pcall(h.wait, h)
+    assert.is_false(ok)
+    assert.are.equal("cancelled", err.kind)
+    assert.is_false(ran)
+    assert.are.equal(3, task.spawn(function() return 3 end):wait())
+  end)
+
   it("cancels a task when its handle goes out of a <close> scope", function()
     local h
     do
