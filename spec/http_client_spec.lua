@@ -553,6 +553,17 @@ describe("http client", function()
     end)
   end)
 
+  it("keeps working when the module is loaded again (busted reloads modules for each file)", function()
+    for _, name in ipairs({ "http", "http.core", "http.server" }) do package.loaded[name] = nil end
+    local again = require("http")
+    collectgarbage()
+    collectgarbage()
+    local server = again.server({ handler = function() return 200, {}, "still here" end })
+    local r = again.get(server.url, { timeout = 5 })
+    server:close()
+    assert.are.equal("still here", r.body)
+  end)
+
   describe("many at once", function()
     it("runs 200 concurrent requests, at most 16 connections to the host", function()
       local fns = {}

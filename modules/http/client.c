@@ -1223,13 +1223,18 @@ void http_client_register(lua_State *L, int t) {
   luaL_newlib(L, req_methods);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
-  /* The sentinel is made before any request, so lua_close finalizes it after them. */
-  lua_newuserdatauv(L, 1, 0);
-  luaL_newmetatable(L, HTTP_SENTINEL_MT);
-  lua_pushcfunction(L, client_shutdown);
-  lua_setfield(L, -2, "__gc");
-  lua_setmetatable(L, -2);
-  lua_setfield(L, LUA_REGISTRYINDEX, HTTP_SENTINEL_KEY);
+  /* The sentinel is made before any request, so lua_close finalizes it after them. The
+     module may be opened again (busted reloads modules for each spec file): a second
+     sentinel would orphan the first, whose finalizer would shut the shared client down. */
+  if (lua_getfield(L, LUA_REGISTRYINDEX, HTTP_SENTINEL_KEY) == LUA_TNIL) {
+    lua_newuserdatauv(L, 1, 0);
+    luaL_newmetatable(L, HTTP_SENTINEL_MT);
+    lua_pushcfunction(L, client_shutdown);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, HTTP_SENTINEL_KEY);
+  }
+  lua_pop(L, 1);
   lua_pushvalue(L, t);
   luaL_setfuncs(L, client_functions, 0);
   lua_pop(L, 1);
