@@ -1,0 +1,65 @@
+-- aws_fixture.lua: starts spec/support/aws_fixture.py (CloudFront, Secrets Manager and ECR
+-- stand-ins that verify every signature with botocore) on a free port.
+--
+--   local fixture = aws_fixture.start()
+--   ... fixture.url ..., fixture:requests() -> what it received
+--   fixture:stop()
+
+local exec = require("exec")
+local http = require("http")
+local json = require("json")
+local task = require("task")
+
+local aws_fixture = {}
+
+aws_fixture.ACCESS_KEY = "AKIDFIXTURE0000000001"
+aws_fixture.SECRET_KEY = "fixture/secret+key0123456789abcdefghijkl"
+
+local Fixture = {}
+Fixture.__index = Fixture
+
+function Fixture:stop()
+  if self.proc then
+    self.proc:kill("TERM")
+    pcall(task.timeout, 5, function() self.proc:wait() end)
+    self.proc:close()
+    self.proc = nil
+  end
+end
+
+-- Every request received so far: { method, path, headers (lower-case names), body, verified, reason }.
+function Fixture:requests()
+  return json.decode(http.get(self.url .. "/__requests"):raise().body)
+end
+
+function Fixture:last_request()
+  local all = self:requests()
+  return all[#all]
+end
+
+function aws_fixture.start()
+  local root = os.getenv("TUG_ROOT") or "."
+  local proc = exec.spawn({ "/usr/bin/python3", root .. "/spec/support/aws_fixture.py",
+    aws_fixture.ACCESS_KEY, aws_fixture.SECRET_KEY }, { lines = true, kill_grace = 1 })
+  local fixture = setmetatable({ proc = proc }, Fixture)
+  local ok, port = pcall(task.timeout, 20, function()
+    while true do
+      local batch = proc:next_lines()
+      if not batch then error("aws_fixture.py exited: " .. tostring(proc:wait().stderr), 0) end
+      for _, l in ipairs(batch) do
+        local p = l.line:match("^listening (%d+)$")
+        if p then return tonumber(p) end
+      end
+    end
+  end)
+  if not ok then
+    fixture:stop()
+    error(port, 0)
+  end
+  fixture.port = port
+  fixture.url = "http://127.0.0.1:" .. port
+  fixture.credentials = { access_key_id = aws_fixture.ACCESS_KEY, secret_access_key = aws_fixture.SECRET_KEY }
+  return fixture
+end
+
+return aws_fixture
