@@ -79,7 +79,7 @@ sanitize: deps
 
 demo: deps
 	@$(MAKE) --no-print-directory tug
-	./tug lua spec/demo/runtime-tour.lua
+	spec/demo/demo.sh
 
 bench: deps
 	@vendor/install.sh bench

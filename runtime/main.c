@@ -29,6 +29,9 @@ static const char usage[] =
     "  runs                     the journalled runs, newest first (.tug/runs)\n"
     "  show RUN_ID              one run: steps, results, decisions, saved state\n"
     "  resume RUN_ID            continue a run that died, from its first unfinished step\n"
+    "  sim [--port N] [--scenario FILE] [--kubeconfig FILE]\n"
+    "                           serve the simulated Kubernetes cluster (the local environment's)\n"
+    "                           until Ctrl-C; kubectl works against it\n"
     "\n"
     "scripts and tests:\n"
     "  lua SCRIPT [ARGS...]     run a Lua script with every tug module loaded; the event loop\n"
@@ -48,6 +51,13 @@ static const char usage[] =
     "  yaml   decode, decode_all, load_file, encode (libyaml)\n"
     "  exec   run and spawn programs from an argv, with timeouts and streaming\n"
     "  log    levelled, structured logging and secret redaction\n"
+    "  http   HTTP client (libcurl) and server on the loop\n"
+    "  health health checks, load checks with latency percentiles, gates\n"
+    "  k8s    Kubernetes: kubeconfig, REST, watch, kubectl's rollout verbs, leases\n"
+    "  sim    the simulated Kubernetes cluster\n"
+    "  aws    SigV4, S3 (sync), CloudFront, Secrets Manager, ECR\n"
+    "  metrics, analysis, notify   metric queries, promotion gates, notifications\n"
+    "  pg     PostgreSQL: queries, transactions, advisory locks, health, backups, migrations\n"
     "  each module's reference page is modules/NAME/README.md in the source tree\n"
     "\n"
     "exit codes:\n"
@@ -131,7 +141,7 @@ static int cmd_engine(int argc, char **argv) {
 }
 
 static const char *const engine_commands[] = {"list", "describe", "check",  "plan", "run",
-                                              "runs", "show",     "resume", NULL};
+                                              "runs", "show",     "resume", "sim",  NULL};
 
 int main(int argc, char **argv) {
   /* Writing to a child or a socket whose reader is gone must fail with EPIPE, not kill

@@ -311,11 +311,21 @@ local COMMANDS = {
   resume = cmd_resume, runs = cmd_runs, show = cmd_show,
 }
 
+-- The simulated cluster a `simulate: true` environment started lives in this process:
+-- it stops with the command, or the loop would serve it forever.
+local function stop_simulator()
+  local k8s = package.loaded["k8s"]
+  local simulator = k8s and k8s.simulator()
+  if simulator then simulator:close() end
+end
+
 local args = { ... }
 local command = table.remove(args, 1)
+if command == "sim" then return require("sim.cli")(args) end
 local flags, params, rest = parse(command, args)
 if not flags then return usage("%s", params) end
 local ok, code = pcall(COMMANDS[command], flags, params, rest)
+stop_simulator()
 if ok then return code end
 -- a structured error from loading or validation is a usage problem; anything else is a bug
 if type(code) == "table" and (code.kind == "usage" or code.kind == "playbook" or code.kind == "environment") then

@@ -84,12 +84,18 @@ end
 
 -- Each event is encoded once, for the journal and for --output json alike. Durations are
 -- kept to the microsecond: finer is noise.
+local RUN_EVENTS = { run_start = true, run_resume = true, run_end = true }
+
 function Run:emit(event)
   event.time = timestamp()
   if event.duration then event.duration = math.floor(event.duration * 1e6 + 0.5) / 1e6 end
   local line = log.redact(json.encode(event))
   if self.journal then self.journal:write_line(line) end
   self.reporter.event(event, line)
+  -- channels in the environment's notify: section hear when a run starts and ends
+  if RUN_EVENTS[event.event] and not self.plan and self.env.notify then
+    require("notify").run_event(self.env, event, M.current)
+  end
 end
 
 function Run:sync()
@@ -258,6 +264,7 @@ function Run:run_step(index, step)
     end
   end
 
+  if M.current then M.current.step = step.name end
   self:emit({ event = "step_start", index = index, name = step.name })
   local t0 = time.monotonic()
   local attempts, ok, err = 0, false, nil
@@ -367,19 +374,24 @@ function M.run(opts)
   local names = {}
   for i, s in ipairs(pb.steps) do names[i] = s.name end
 
+  -- modules that act on the environment's systems act on this run's environment
+  if self.env.kubernetes then require("k8s").set_environment(self.env) end
+  M.current = { env = self.env, run_id = self.run_id, playbook = pb.name }
+
   local held
+  local backend = lock.backend(opts.lock_backend or self.env.lock)
   if not self.plan then
-    local backend = lock.backend(opts.lock_backend)
     if pb.lock then
       local holder, reason
       held, holder, reason = backend.acquire({ env = self.env.name, name = pb.lock, run_id = self.run_id,
-        playbook = pb.name, break_lock = opts.break_lock or (resume and true) })
+        playbook = pb.name, break_lock = opts.break_lock or (resume and true), environment = self.env })
       if not held then
         local msg = string.format("lock '%s' on %s is %s", pb.lock, self.env.name, lock.describe(holder))
         if reason == "dead" then
           msg = msg .. "; that process is gone: rerun with --break-lock to take the lock"
         end
         io.stderr:write("tug: ", msg, "\n")
+        M.current = nil
         return M.EXIT.locked
       end
     end
@@ -452,9 +464,11 @@ function M.run(opts)
   self:emit({ event = "run_end", run_id = self.run_id, playbook = pb.name, status = status, reason = reason,
     duration = time.monotonic() - t0, interrupted = self.interrupted or nil })
   self:sync()
+  if not self.plan and self.env.notify then require("notify").flush(30) end
   if self.journal then self.journal:close() end
-  if held then lock.backend(opts.lock_backend).release(held) end
+  if held then backend.release(held) end
   tug.on_interrupt(nil)
+  M.current = nil
 
   if status == "succeeded" or status == "planned" then return M.EXIT.ok end
   if status == "rollback-failed" then return M.EXIT.rollback_failed end

@@ -4,8 +4,11 @@
 
 local M = {}
 
--- Secret providers: fn(name) -> value, or nil and a reason. Modules add their own
--- (the AWS module adds "aws").
+-- Secret providers: fn(name, doc) -> value, or nil and a reason; doc is the environment
+-- file being resolved (the aws provider reads its aws: settings). Modules add their own;
+-- the ones below load on first use.
+local LAZY_PROVIDERS = { aws = "aws" }
+
 M.providers = {
   env = function(name)
     local v = os.getenv(name)
@@ -20,6 +23,26 @@ M.providers = {
     return (text:gsub("\r?\n$", ""))
   end,
 }
+
+setmetatable(M.providers, {
+  __index = function(providers, name)
+    local module = LAZY_PROVIDERS[name]
+    if module then
+      require(module) -- registers itself in M.providers
+      return rawget(providers, name)
+    end
+  end,
+})
+
+function M.provider_names()
+  local names = {}
+  for k in pairs(M.providers) do names[#names + 1] = k end
+  for k in pairs(LAZY_PROVIDERS) do
+    if rawget(M.providers, k) == nil then names[#names + 1] = k end
+  end
+  table.sort(names)
+  return names
+end
 
 function M.dir()
   local dir = os.getenv("TUG_ENVIRONMENTS")
@@ -41,47 +64,58 @@ local function fail(path, key, fmt, ...)
     string.format(fmt, ...))), 0)
 end
 
-local function resolve_string(path, key, s)
-  return (s:gsub("%${([^}]*)}", function(ref)
-    local kind, rest = ref:match("^(%w+):(.*)$")
-    if kind == "env" then
-      local name, default = rest:match("^([%w_]+):%-(.*)$")
-      name = name or rest
-      local v = os.getenv(name)
-      if v == nil then
-        if default then return default end
-        fail(path, key, "environment variable %s is not set (referenced as ${%s})", name, ref)
-      end
-      return v
-    elseif kind == "secret" then
-      local provider, name = rest:match("^([%w_]+):(.+)$")
-      if not provider then
-        fail(path, key, "secret reference ${%s} must be ${secret:PROVIDER:NAME}", ref)
-      end
-      local get = M.providers[provider]
-      if not get then
-        local known = {}
-        for k in pairs(M.providers) do known[#known + 1] = k end
-        table.sort(known)
-        fail(path, key, "unknown secret provider '%s' (known: %s)", provider, table.concat(known, ", "))
-      end
-      local v, err = get(name)
-      if v == nil then fail(path, key, "secret ${%s}: %s", ref, err or "not found") end
-      log.secret(v)
-      return v
+-- The value of one reference (the text between "${" and "}").
+local function resolve_ref(path, key, ref, doc)
+  local kind, rest = ref:match("^(%w+):(.*)$")
+  if kind == "env" then
+    local name, default = rest:match("^([%w_]+):%-(.*)$")
+    name = name or rest
+    local v = os.getenv(name)
+    if v == nil then
+      if default then return default end
+      fail(path, key, "environment variable %s is not set (referenced as ${%s})", name, ref)
     end
-    fail(path, key, "unknown reference ${%s} (use ${env:VAR} or ${secret:PROVIDER:NAME})", ref)
-  end))
+    return v
+  elseif kind == "secret" then
+    local provider, name = rest:match("^([%w_]+):(.+)$")
+    if not provider then
+      fail(path, key, "secret reference ${%s} must be ${secret:PROVIDER:NAME}", ref)
+    end
+    local get = M.providers[provider]
+    if not get then
+      fail(path, key, "unknown secret provider '%s' (known: %s)", provider, table.concat(M.provider_names(), ", "))
+    end
+    local v, err = get(name, doc)
+    if v == nil then fail(path, key, "secret ${%s}: %s", ref, err or "not found") end
+    log.secret(v)
+    return v
+  end
+  fail(path, key, "unknown reference ${%s} (use ${env:VAR} or ${secret:PROVIDER:NAME})", ref)
 end
 
-local function resolve(path, key, value)
+-- Replaces every ${...} in s. A loop rather than string.gsub: a provider may wait (the
+-- aws provider makes a request), and a gsub callback cannot yield.
+local function resolve_string(path, key, s, doc)
+  local out, at = {}, 1
+  while true do
+    local start, stop, ref = s:find("%${([^}]*)}", at)
+    if not start then break end
+    out[#out + 1] = s:sub(at, start - 1)
+    out[#out + 1] = resolve_ref(path, key, ref, doc)
+    at = stop + 1
+  end
+  out[#out + 1] = s:sub(at)
+  return table.concat(out)
+end
+
+local function resolve(path, key, value, doc)
   if type(value) == "string" then
-    return resolve_string(path, key, value)
+    return resolve_string(path, key, value, doc)
   elseif type(value) == "table" then
     for k, v in pairs(value) do
       local sub = type(k) == "number" and string.format("%s[%d]", key, k - 1)
         or (key == "" and tostring(k) or key .. "." .. tostring(k))
-      value[k] = resolve(path, sub, v)
+      value[k] = resolve(path, sub, v, doc)
     end
   end
   return value
@@ -109,7 +143,10 @@ function M.load(name, opts)
   if doc.protected ~= nil and type(doc.protected) ~= "boolean" then
     fail(path, "protected", "must be true or false")
   end
-  if opts.resolve_refs ~= false then resolve(path, "", doc) end
+  if doc.lock ~= nil and doc.lock ~= "file" and doc.lock ~= "kubernetes" then
+    fail(path, "lock", "must be file or kubernetes, not %s", tostring(doc.lock))
+  end
+  if opts.resolve_refs ~= false then resolve(path, "", doc, doc) end
   doc.name = doc.name or name
   return doc, path
 end

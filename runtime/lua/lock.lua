@@ -55,6 +55,12 @@ function file.inspect(env, name)
   return read_holder(lock_path(env, name))
 end
 
+-- A Kubernetes Lease per lock, for clusters that several machines deploy to; an
+-- environment chooses it with `lock: kubernetes`.
+M.backends.kubernetes = setmetatable({}, {
+  __index = function(_, k) return require("k8s").lock_backend[k] end,
+})
+
 function M.backend(name)
   local b = M.backends[name or "file"]
   if not b then error(tug.error.new("lock", "unknown lock backend '" .. tostring(name) .. "'"), 0) end

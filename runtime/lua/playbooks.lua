@@ -133,8 +133,22 @@ local function playbook(decl)
   return setmetatable(pb, { __name = "tug.playbook" })
 end
 
+-- A playbook directory's lib/ holds Lua modules its playbooks share (require "NAME");
+-- it is not scanned for playbooks.
+local lib_dirs = {}
+
+local function add_lib(dir)
+  if lib_dirs[dir] then return end
+  lib_dirs[dir] = true
+  package.path = dir .. "/lib/?.lua;" .. package.path
+end
+
 -- Loads one playbook file; returns the playbook or nil and an error message.
 function M.load(path)
+  -- a playbook in DIR or DIR/runbooks may use DIR/lib
+  local dir = path:match("^(.*)/[^/]+$") or "."
+  add_lib(dir)
+  add_lib(dir:match("^(.*)/[^/]+$") or ".")
   local env = setmetatable({ playbook = playbook, step = step }, { __index = _G })
   local chunk, err = loadfile(path, "t", env)
   if not chunk then return nil, err end
@@ -162,14 +176,15 @@ function M.dirs(option)
   return { "playbooks" }
 end
 
-local function scan(dir, out)
+local function scan(dir, out, top)
   local entries = tug.sys.listdir(dir)
   if not entries then return end
+  add_lib(top or dir)
   table.sort(entries, function(a, b) return a.name < b.name end)
   for _, e in ipairs(entries) do
     local full = dir .. "/" .. e.name
-    if e.type == "dir" and not e.name:match("^%.") then
-      scan(full, out)
+    if e.type == "dir" and not e.name:match("^%.") and not (top == nil and e.name == "lib") then
+      scan(full, out, top or dir)
     elseif e.type == "file" and e.name:match("%.lua$") then
       out[#out + 1] = full
     end

@@ -51,3 +51,44 @@ echo "== peak memory of a run (target: under 10 MB)"
   "$tug_abs" run noop10k --output json > /dev/null)
 (cd "$work/plan" && CI=true /usr/bin/time -f "tug plan of 50 steps:      %M KB peak RSS" "$tug_abs" plan plan50 > /dev/null)
 rm -rf /dev/shm/tug-bench-rss-$$
+
+echo
+echo "== HTTP: 10,000 URLs with 50 in flight vs curl --parallel --parallel-max 50 (target: parity)"
+# spec/bench/http_fetch.lua starts its own nginx, runs both under /usr/bin/time -v for peak RSS
+"$tug" lua spec/bench/http_fetch.lua 10000 50
+
+# ---- k8s (modules/k8s): rollout waits against kubectl, on the simulated cluster ----
+echo
+echo "== k8s: rollout marked complete -> rollout_status returns, vs kubectl rollout status (target: under 50 ms, no slower than kubectl)"
+"$tug" lua spec/bench/k8s.lua latency 20
+echo
+echo "== k8s: 100 Deployments updated and awaited at once from one step, vs 100 concurrent kubectl pipelines"
+"$tug" lua spec/bench/k8s.lua many 100
+
+echo
+echo "== health.load beside wrk: nginx on loopback, 50 connections, one thread each, 5 s (target: 80% of wrk's requests/s)"
+"$tug" lua spec/bench/health.lua 5
+
+echo
+echo "== pg: 10,000 simple queries, one connection and ten at once, beside psql -f and pgbench -n -f"
+"$tug" lua spec/bench/pg.lua 10000
+
+# ---- aws (modules/aws): s3.sync against the AWS CLI, both to s3rver ----
+echo
+echo "== aws: s3.sync of 500 small files + 3 x 20 MiB (multipart) to s3rver, against aws s3 sync"
+if [ -x /usr/bin/aws ] && command -v node > /dev/null; then
+  "$tug" lua spec/bench/aws.lua 500 3 20
+else
+  echo "needs /usr/bin/aws (awscli) and node with vendor/node/node_modules/@20minutes/s3rver"
+fi
+
+# ---- simulated cluster (modules/sim) ----
+echo
+echo "== simulated cluster: 1,000 Deployments x 10 replicas, rolled out at once"
+echo "   (time until every Deployment is complete, API list latency meanwhile, peak RSS)"
+/usr/bin/time -f "sim: peak RSS %M KB" "$tug" lua spec/bench/sim.lua 1000 10
+if command -v kwok > /dev/null; then
+  echo "kwok is installed: compare with 'kwokctl create cluster' and the same 1,000 Deployments"
+else
+  echo "kwok (the usual fake-kubelet cluster) is not installed: no side-by-side figure"
+fi

@@ -1,0 +1,112 @@
+-- The Multiship playbooks, run end to end by the real binary against a simulated cluster
+-- this spec serves (so it can look at the cluster afterwards): the happy paths, the
+-- faults each procedure is meant to catch, and plans that send nothing.
+package.path = "spec/support/?.lua;" .. package.path
+local child = require("child")
+
+local ROOT = exec.run({ "pwd" }).stdout:gsub("\n$", "")
+
+describe("Multiship playbooks on the simulated cluster", function()
+  local cluster, dir
+
+  before_each(function()
+    cluster = sim.start({ port = 0, timing = { pod_start = "100ms", ready_after = "200ms" } })
+    dir = exec.run({ "mktemp", "-d", "/tmp/tug-playbooks-XXXXXX" }).stdout:gsub("\n$", "")
+    exec.run({ "mkdir", "-p", dir .. "/environments" }, { check = true })
+    cluster:kubeconfig(dir .. "/kubeconfig")
+    local f = assert(io.open(dir .. "/environments/sim.yaml", "w"))
+    f:write(string.format([[
+name: sim
+url: %s/svc/multiship/api-service
+service_url: %s/svc/multiship/{service}
+kubernetes: { kubeconfig: %s/kubeconfig, namespace: multiship }
+thresholds: { p95_ms: 500, error_rate: 0.001 }
+]], cluster.url, cluster.url, dir))
+    f:close()
+  end)
+
+  after_each(function()
+    cluster:close()
+    exec.run({ "rm", "-rf", dir })
+  end)
+
+  local function tug(args)
+    local argv = { child.tug }
+    for _, a in ipairs(args) do argv[#argv + 1] = a end
+    for _, a in ipairs({ "--env", "sim", "--playbooks", ROOT .. "/playbooks", "--output", "json" }) do
+      argv[#argv + 1] = a
+    end
+    return exec.run(argv, { timeout = 120, env = { CI = "true", TUG_ENVIRONMENTS = dir .. "/environments",
+      TUG_HOME = dir .. "/.tug", GITHUB_ACTIONS = false } })
+  end
+
+  local function run_end(r)
+    local last
+    for line in r.stdout:gmatch("[^\n]+") do
+      local ok, e = pcall(json.decode, line)
+      if ok and type(e) == "table" and e.event == "run_end" then last = e end
+    end
+    return last
+  end
+
+  local function image(name)
+    return cluster:get("deployments", "multiship", name).spec.template.spec.containers[1].image
+  end
+
+  it("blue-green deploys to the idle colour and switches traffic to it", function()
+    local r = tug({ "run", "blue-green", "version=v2.2.0", "--yes" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.are.equal("green", cluster:get("services", "multiship", "api-service").spec.selector.colour)
+    assert.are.equal("multiship/api:v2.2.0", image("api-green"))
+    assert.are.equal(4, cluster:get("deployments", "multiship", "api-green").spec.replicas)
+    -- the old colour stays up for an instant rollback
+    assert.are.equal(4, cluster:get("deployments", "multiship", "api-blue").spec.replicas)
+    assert.is_nil(cluster:get("services", "multiship", "api-green-preview"))
+  end)
+
+  it("blue-green of a version that fails its health checks leaves traffic on the old colour", function()
+    local r = tug({ "run", "blue-green", "version=v2.2.1-bad", "--yes", "verify_within=2s" })
+    assert.are.equal(1, r.code, r.stdout .. r.stderr)
+    local e = run_end(r)
+    assert.are.equal("rolled-back", e.status)
+    assert.matches("not healthy", e.reason)
+    assert.are.equal("blue", cluster:get("services", "multiship", "api-service").spec.selector.colour)
+    assert.are.equal(0, cluster:get("deployments", "multiship", "api-green").spec.replicas)
+    assert.are.equal("multiship/api:v2.1.0", image("api-green"))
+    assert.is_nil(cluster:get("services", "multiship", "api-green-preview"))
+  end)
+
+  it("canary of a bad version fails its analysis and returns all traffic to stable", function()
+    local r = tug({ "run", "canary", "version=v2.2.1-bad", "--yes", "analysis_count=2", "analysis_interval=500ms" })
+    assert.are.equal(1, r.code, r.stdout .. r.stderr)
+    local e = run_end(r)
+    assert.are.equal("rolled-back", e.status)
+    assert.matches("analysis at 5%%: error%-rate failed", e.reason)
+    assert.are.equal(0, cluster:get("deployments", "multiship", "api-canary").spec.replicas)
+    assert.are.equal("multiship/api:v2.1.0", image("api-blue"))
+  end)
+
+  it("canary of a good version passes its gates and is promoted", function()
+    local r = tug({ "run", "canary", "version=v2.2.0", "weights=50,100", "--yes", "analysis_count=1",
+      "analysis_interval=500ms" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.are.equal("multiship/api:v2.2.0", image("api-blue"))
+    assert.are.equal(0, cluster:get("deployments", "multiship", "api-canary").spec.replicas)
+  end)
+
+  it("plans blue-green: lists the writes and sends none", function()
+    local r = tug({ "plan", "blue-green", "version=v2.2.0" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    local changes = {}
+    for line in r.stdout:gmatch("[^\n]+") do
+      local e = json.decode(line)
+      for _, c in ipairs(e.changes or {}) do changes[#changes + 1] = c.module .. ": " .. c.summary end
+    end
+    local text = table.concat(changes, "\n")
+    assert.matches("k8s: patch deployment multiship/api%-green", text)
+    assert.matches("k8s: patch service multiship/api%-service", text)
+    assert.are.equal("blue", cluster:get("services", "multiship", "api-service").spec.selector.colour)
+    assert.are.equal("multiship/api:v2.1.0", image("api-green"))
+    assert.are.equal(0, cluster:get("deployments", "multiship", "api-green").spec.replicas)
+  end)
+end)
