@@ -12,9 +12,8 @@
 -- The hub: rollout_status and wait on many objects of one namespace (a playbook step that
 -- rolls 100 Deployments) share one watch per client, resource and namespace instead of
 -- one connection each. Each waiter subscribes to a name, then reads the object, then
--- takes the hub's newer events from its own queue, woken through a k8s.core event.
+-- takes the hub's newer events from its own queue, woken through a task.event.
 
-local core = require("k8s.core")
 local json = require("json")
 local log = require("log")
 local task = require("task")
@@ -220,7 +219,7 @@ end
 
 -- subscribe(name) -> a subscription with :next(timeout) and :close().
 function Hub:subscribe(name)
-  local sub = { hub = self, name = name, queue = {}, event = core.event() }
+  local sub = { hub = self, name = name, queue = {}, event = task.event() }
   local subs = self.subs[name]
   if not subs then
     subs = {}

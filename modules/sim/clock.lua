@@ -3,12 +3,11 @@
 -- becoming ready, crash loops, progress deadlines, background traffic) is a callback
 -- run by this task: either soon (`defer`, the controllers' work queues) or at a time
 -- (`after`, a binary heap of timers). One task for thousands of pods, woken through a
--- sim.core signal when work arrives, yielding between batches so the API keeps serving.
+-- task.event when work arrives, yielding between batches so the API keeps serving.
 --
 -- `pause` stops the world (nothing runs, timers stay due); `resume` goes on, running
 -- what fell due meanwhile.
 
-local core = require("sim.core")
 local log = require("log")
 local task = require("task")
 local time = require("time")
@@ -30,10 +29,10 @@ function clock.new()
     queue = {}, -- deferred callbacks, in order
     qhead = 1,
     qtail = 0,
-    signal = core.signal(),
+    signal = task.event(),
     paused = false,
     stopped = false,
-    idle_signal = core.signal(),
+    idle_signal = task.event(),
     busy = false,
     errors = 0,
   }, Clock)

@@ -261,7 +261,7 @@ function Sim:list_faults() return self.faults:describe() end
 -- "timeout".
 function Sim:wait_for(fn, timeout)
   local deadline = util.now() + (timeout or 30)
-  local signal = require("sim.core").signal()
+  local signal = task.event()
   while true do
     local v = fn()
     if v then return v end

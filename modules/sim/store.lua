@@ -13,7 +13,6 @@
 -- controller's listeners only queue work.
 
 local json = require("json")
-local core = require("sim.core")
 local errors = require("sim.errors")
 local resources = require("sim.resources")
 local util = require("sim.util")
@@ -44,7 +43,7 @@ function store.new(opts)
       first = 1, -- oldest seq in the log
       last = 0, -- newest seq
       trimmed_rv = 0, -- rv of the newest entry dropped from the log
-      signal = core.signal(),
+      signal = task.event(),
     }
   end
   return s
