@@ -94,6 +94,28 @@ thresholds: { p95_ms: 500, error_rate: 0.001 }
     assert.are.equal(0, cluster:get("deployments", "multiship", "api-canary").spec.replicas)
   end)
 
+  it("deploy sets the image, waits for the rollout and verifies health", function()
+    local r = tug({ "run", "deploy", "version=v2.2.0" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.are.equal("multiship/api:v2.2.0", image("api"))
+  end)
+
+  it("deploy of a version that fails its health checks is undone with a rollout undo", function()
+    local r = tug({ "run", "deploy", "version=v2.2.1-bad", "verify_within=2s" })
+    assert.are.equal(1, r.code, r.stdout .. r.stderr)
+    local e = run_end(r)
+    assert.are.equal("rolled-back", e.status)
+    assert.matches("status 503", e.reason)
+    assert.are.equal("multiship/api:v2.1.0", image("api"))
+  end)
+
+  it("rollback returns the API to its previous revision", function()
+    assert.are.equal(0, tug({ "run", "deploy", "version=v2.2.0" }).code)
+    local r = tug({ "run", "rollback", "--yes" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.are.equal("multiship/api:v2.1.0", image("api"))
+  end)
+
   it("plans blue-green: lists the writes and sends none", function()
     local r = tug({ "plan", "blue-green", "version=v2.2.0" })
     assert.are.equal(0, r.code, r.stdout .. r.stderr)

@@ -1,0 +1,47 @@
+-- rollback: the seed's immediate rollback (critical issues). Undo the last rollout, wait
+-- for it, and verify health.
+local multiship = require("multiship")
+
+return playbook {
+  description = "roll the API back to its previous revision and verify it",
+  params = {
+    deployment = { type = "string", default = "api" },
+    to_revision = { type = "integer", min = 1, help = "a revision from `kubectl rollout history` (default: the previous one)" },
+    rollout_timeout = { type = "duration", default = "5m" },
+    verify_within = { type = "duration", default = "1m" },
+  },
+  lock = "deploy",
+  steps = {
+    step "record the current revision" {
+      read_only = true,
+      run = function(ctx)
+        local history = k8s.rollout_history(ctx.params.deployment)
+        ctx.state.revisions = #history
+        local d = k8s.get("deployment", ctx.params.deployment)
+        ctx.state.image_before = multiship.container_image(d)
+      end,
+    },
+
+    step "roll back" {
+      confirm = "Roll {params.deployment} on {env} back from {state.image_before}?",
+      run = function(ctx)
+        local r = k8s.rollout_undo(ctx.params.deployment, { to_revision = ctx.params.to_revision })
+        if r and r.skipped then ctx.log.warn(r.message) end
+        if ctx.plan then return end
+        k8s.rollout_status(ctx.params.deployment, { timeout = ctx.params.rollout_timeout })
+        ctx.state.image_after = multiship.container_image(k8s.get("deployment", ctx.params.deployment))
+        ctx.log.info("now running " .. ctx.state.image_after)
+      end,
+    },
+
+    step "verify health" {
+      read_only = true,
+      run = function(ctx)
+        if ctx.plan then return end
+        local base = multiship.api_url(ctx.env, ctx.env.deploy_service or "api")
+        local r = health.check({ base .. "/health", within = ctx.params.verify_within, interval = "1s" })
+        if not r.ok then error(r.reason) end
+      end,
+    },
+  },
+}
