@@ -116,6 +116,15 @@ thresholds: { p95_ms: 500, error_rate: 0.001 }
     assert.are.equal("multiship/api:v2.1.0", image("api"))
   end)
 
+  it("verify passes on a healthy API and fails, saying why, when its health endpoints fail", function()
+    local r = tug({ "run", "verify", "load_duration=1s", "within=3s" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    cluster:fault({ type = "unhealthy", version = "v2.1.0", status = 503 })
+    r = tug({ "run", "verify", "load_duration=1s", "within=2s" })
+    assert.are.equal(1, r.code, r.stdout .. r.stderr)
+    assert.matches("status 503", run_end(r).reason)
+  end)
+
   it("plans blue-green: lists the writes and sends none", function()
     local r = tug({ "plan", "blue-green", "version=v2.2.0" })
     assert.are.equal(0, r.code, r.stdout .. r.stderr)
