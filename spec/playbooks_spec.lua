@@ -21,6 +21,7 @@ url: %s/svc/multiship/api-service
 service_url: %s/svc/multiship/{service}
 kubernetes: { kubeconfig: %s/kubeconfig, namespace: multiship }
 thresholds: { p95_ms: 500, error_rate: 0.001 }
+admin_token: sim-admin-token
 ]], cluster.url, cluster.url, dir))
     f:close()
   end)
@@ -123,6 +124,32 @@ thresholds: { p95_ms: 500, error_rate: 0.001 }
     r = tug({ "run", "verify", "load_duration=1s", "within=2s" })
     assert.are.equal(1, r.code, r.stdout .. r.stderr)
     assert.matches("status 503", run_end(r).reason)
+  end)
+
+  it("feature-flag switches a flag and keeps it when the error rate holds", function()
+    local r = tug({ "run", "feature-flag", "feature=new-shipment-tracking", "enabled=true", "watch=1s",
+      "interval=500ms", "--yes" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    local _, _, body = cluster:request({ method = "GET", path = "/svc/multiship/api-service/admin/features/new-shipment-tracking",
+      headers = { authorization = "Bearer sim-admin-token" } })
+    local flag = json.decode(body)
+    assert.is_true(flag.enabled)
+  end)
+
+  it("feature-flag switches the flag back when the error rate climbs", function()
+    local breaker = task.spawn(function()
+      task.sleep(0.3)
+      cluster:fault({ type = "error_rate", version = "v2.1.0", rate = 0.5 })
+    end)
+    local r = tug({ "run", "feature-flag", "feature=new-shipment-tracking", "enabled=true", "watch=2s",
+      "interval=500ms", "--yes" })
+    breaker:wait()
+    assert.are.equal(1, r.code, r.stdout .. r.stderr)
+    assert.matches("after the switch: error%-rate failed", run_end(r).reason)
+    local _, _, body = cluster:request({ method = "GET", path = "/svc/multiship/api-service/admin/features/new-shipment-tracking",
+      headers = { authorization = "Bearer sim-admin-token" } })
+    local flag = json.decode(body)
+    assert.is_false(flag.enabled)
   end)
 
   it("plans blue-green: lists the writes and sends none", function()
