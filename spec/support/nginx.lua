@@ -30,30 +30,7 @@ local function write(path, content)
   f:close()
 end
 
--- Ports something listens on now, from /proc/net/tcp and tcp6 (state 0A is LISTEN).
-local function listening()
-  local ports = {}
-  for _, file in ipairs({ "/proc/net/tcp", "/proc/net/tcp6" }) do
-    local f = io.open(file)
-    if f then
-      for line in f:lines() do
-        local port, state = line:match("^%s*%d+: %x+:(%x+) %x+:%x+ (%x%x)")
-        if port and state == "0A" then ports[tonumber(port, 16)] = true end
-      end
-      f:close()
-    end
-  end
-  return ports
-end
-
-local function free_port()
-  local used = listening()
-  for _ = 1, 100 do
-    local port = math.random(20000, 59999)
-    if not used[port] then return port end
-  end
-  error("nginx helper: no free port found", 3)
-end
+local free_port = require("ports").free
 
 -- A CA and a certificate for 127.0.0.1 and localhost signed by it; returns the paths.
 local function make_certificates(dir)

@@ -31,30 +31,7 @@ local function write(path, content)
   f:close()
 end
 
--- Ports something listens on now (state 0A in /proc/net/tcp is LISTEN).
-local function listening()
-  local ports = {}
-  for _, file in ipairs({ "/proc/net/tcp", "/proc/net/tcp6" }) do
-    local f = io.open(file)
-    if f then
-      for line in f:lines() do
-        local port, state = line:match("^%s*%d+: %x+:(%x+) %x+:%x+ (%x%x)")
-        if port and state == "0A" then ports[tonumber(port, 16)] = true end
-      end
-      f:close()
-    end
-  end
-  return ports
-end
-
-local function free_port()
-  local used = listening()
-  for _ = 1, 100 do
-    local port = math.random(20000, 59999)
-    if not used[port] then return port end
-  end
-  error("prometheus helper: no free port found", 3)
-end
+local free_port = require("ports").free
 
 -- ---- the target: /metrics with values the spec sets ----
 
