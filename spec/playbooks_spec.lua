@@ -152,6 +152,15 @@ admin_token: sim-admin-token
     assert.is_false(flag.enabled)
   end)
 
+  it("rollback-gradual moves traffic back to the stable colour and scales the other down", function()
+    assert.are.equal(0, tug({ "run", "blue-green", "version=v2.2.0", "--yes" }).code)
+    local r = tug({ "run", "rollback-gradual", "--yes" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.are.equal("blue", cluster:get("services", "multiship", "api-service").spec.selector.colour)
+    assert.are.equal(4, cluster:get("deployments", "multiship", "api-blue").spec.replicas)
+    assert.are.equal(0, cluster:get("deployments", "multiship", "api-green").spec.replicas)
+  end)
+
   it("plans blue-green: lists the writes and sends none", function()
     local r = tug({ "plan", "blue-green", "version=v2.2.0" })
     assert.are.equal(0, r.code, r.stdout .. r.stderr)

@@ -1,0 +1,69 @@
+-- rollback-gradual: the seed's gradual rollback (performance issues). Bring the stable
+-- colour back up, move traffic to it, then scale the problematic colour down. Each step
+-- undoes itself, so a rollback that goes wrong leaves traffic where it was.
+local multiship = require("multiship")
+
+return playbook {
+  name = "rollback-gradual",
+  description = "scale up the stable colour, switch traffic to it, scale the problematic one down",
+  params = {
+    replicas = { type = "integer", min = 1, help = "replicas for the stable colour (default: the problematic colour's)" },
+    rollout_timeout = { type = "duration", default = "5m" },
+    verify_within = { type = "duration", default = "1m" },
+  },
+  lock = "deploy",
+  steps = {
+    step "find the problematic and the stable colour" {
+      read_only = true,
+      run = function(ctx)
+        local live = k8s.get("service", "api-service").spec.selector.colour
+        if live ~= "blue" and live ~= "green" then
+          error("api-service selects colour " .. tostring(live) .. ", not blue or green")
+        end
+        ctx.state.problematic = live
+        ctx.state.stable = live == "blue" and "green" or "blue"
+        local bad = k8s.get("deployment", "api-" .. live)
+        local good = k8s.get("deployment", "api-" .. ctx.state.stable)
+        ctx.state.problematic_replicas = bad.spec.replicas
+        ctx.state.stable_replicas_before = good.spec.replicas
+        ctx.state.stable_image = multiship.container_image(good)
+        ctx.log.info(string.format("moving traffic from %s (%s) back to %s (%s)", live,
+          multiship.container_image(bad), ctx.state.stable, ctx.state.stable_image))
+      end,
+    },
+
+    step "scale up the stable colour" {
+      run = function(ctx)
+        local deploy = "api-" .. ctx.state.stable
+        k8s.scale(deploy, ctx.params.replicas or ctx.state.problematic_replicas)
+        if not ctx.plan then k8s.rollout_status(deploy, { timeout = ctx.params.rollout_timeout, quiet = true }) end
+      end,
+      undo = function(ctx)
+        k8s.scale("api-" .. ctx.state.stable, ctx.state.stable_replicas_before)
+      end,
+    },
+
+    step "switch traffic to the stable colour" {
+      confirm = "Switch {env} traffic from {state.problematic} back to {state.stable}?",
+      run = function(ctx)
+        k8s.patch_service_selector("api-service", { colour = ctx.state.stable })
+        if ctx.plan then return end
+        local r = health.check({ multiship.api_url(ctx.env) .. "/health", within = ctx.params.verify_within,
+          interval = "1s" })
+        if not r.ok then error("after the switch: " .. r.reason) end
+      end,
+      undo = function(ctx)
+        k8s.patch_service_selector("api-service", { colour = ctx.state.problematic })
+      end,
+    },
+
+    step "scale down the problematic colour" {
+      run = function(ctx)
+        k8s.scale("api-" .. ctx.state.problematic, 0)
+      end,
+      undo = function(ctx)
+        k8s.scale("api-" .. ctx.state.problematic, ctx.state.problematic_replicas)
+      end,
+    },
+  },
+}
