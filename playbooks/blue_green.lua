@@ -18,13 +18,8 @@ return playbook {
     step "find the live colour" {
       read_only = true,
       run = function(ctx)
-        local svc = k8s.get("service", "api-service")
-        local live = svc.spec.selector.colour
-        if live ~= "blue" and live ~= "green" then
-          error("api-service selects colour " .. tostring(live) .. ", not blue or green")
-        end
-        ctx.state.live = live
-        ctx.state.idle = live == "blue" and "green" or "blue"
+        local live, idle = multiship.live_colour()
+        ctx.state.live, ctx.state.idle = live, idle
         local live_deploy = k8s.get("deployment", "api-" .. live)
         ctx.state.replicas = live_deploy.spec.replicas
         ctx.state.live_image = multiship.container_image(live_deploy)
@@ -75,13 +70,7 @@ return playbook {
 
     step "switch traffic to the new colour" {
       confirm = "Switch {env} traffic from {state.live} to {state.idle}?",
-      run = function(ctx)
-        k8s.patch_service_selector("api-service", { colour = ctx.state.idle })
-        if ctx.plan then return end
-        local r = health.check({ multiship.api_url(ctx.env) .. "/health", within = ctx.params.verify_within,
-          interval = "1s" })
-        if not r.ok then error("after the switch: " .. r.reason) end
-      end,
+      run = function(ctx) multiship.switch_traffic(ctx, ctx.state.idle) end,
       undo = function(ctx)
         k8s.patch_service_selector("api-service", { colour = ctx.state.live })
       end,

@@ -26,8 +26,7 @@ return playbook {
     step "find the stable version" {
       read_only = true,
       run = function(ctx)
-        local svc = k8s.get("service", "api-service")
-        ctx.state.colour = svc.spec.selector.colour
+        ctx.state.colour = multiship.live_colour()
         local stable = k8s.get("deployment", "api-" .. ctx.state.colour)
         ctx.state.stable_deploy = "api-" .. ctx.state.colour
         ctx.state.stable_image = multiship.container_image(stable)

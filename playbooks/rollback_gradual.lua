@@ -16,12 +16,8 @@ return playbook {
     step "find the problematic and the stable colour" {
       read_only = true,
       run = function(ctx)
-        local live = k8s.get("service", "api-service").spec.selector.colour
-        if live ~= "blue" and live ~= "green" then
-          error("api-service selects colour " .. tostring(live) .. ", not blue or green")
-        end
-        ctx.state.problematic = live
-        ctx.state.stable = live == "blue" and "green" or "blue"
+        local live, other = multiship.live_colour()
+        ctx.state.problematic, ctx.state.stable = live, other
         local bad = k8s.get("deployment", "api-" .. live)
         local good = k8s.get("deployment", "api-" .. ctx.state.stable)
         ctx.state.problematic_replicas = bad.spec.replicas
@@ -45,13 +41,7 @@ return playbook {
 
     step "switch traffic to the stable colour" {
       confirm = "Switch {env} traffic from {state.problematic} back to {state.stable}?",
-      run = function(ctx)
-        k8s.patch_service_selector("api-service", { colour = ctx.state.stable })
-        if ctx.plan then return end
-        local r = health.check({ multiship.api_url(ctx.env) .. "/health", within = ctx.params.verify_within,
-          interval = "1s" })
-        if not r.ok then error("after the switch: " .. r.reason) end
-      end,
+      run = function(ctx) multiship.switch_traffic(ctx, ctx.state.stable) end,
       undo = function(ctx)
         k8s.patch_service_selector("api-service", { colour = ctx.state.problematic })
       end,

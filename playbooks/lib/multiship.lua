@@ -19,6 +19,24 @@ function M.api_url(env, service)
     "(for example https://internal.example/{service})", env.name, service), 2)
 end
 
+-- The colour api-service sends traffic to, and the other one.
+function M.live_colour()
+  local live = k8s.get("service", "api-service").spec.selector.colour
+  if live ~= "blue" and live ~= "green" then
+    error("api-service selects colour " .. tostring(live) .. ", not blue or green")
+  end
+  return live, live == "blue" and "green" or "blue"
+end
+
+-- Points api-service at a colour, then checks the API answers through it.
+function M.switch_traffic(ctx, colour)
+  k8s.patch_service_selector("api-service", { colour = colour })
+  if ctx.plan then return end
+  local r = health.check({ M.api_url(ctx.env) .. "/health", within = ctx.params.verify_within or "1m",
+    interval = "1s" })
+  if not r.ok then error("after the switch: " .. r.reason) end
+end
+
 function M.image(env, version)
   return string.format("%s:%s", env.image_repository or "multiship/api", version)
 end
