@@ -16,21 +16,11 @@ local nginx = {}
 
 local NGINX = "/usr/sbin/nginx"
 
-local function run(argv, what)
-  local r = exec.run(argv, { timeout = 30 })
-  if r.code ~= 0 then
-    error(("nginx helper: %s failed (%s): %s"):format(what, tostring(r.code or r.signal), r.stderr), 3)
-  end
-  return r.stdout
-end
+local fixture = require("fixture")
+local write = fixture.write
+local function run(argv, what) return fixture.run(argv, what, "nginx") end
 
-local function write(path, content)
-  local f = assert(io.open(path, "wb"))
-  f:write(content)
-  f:close()
-end
-
-local free_port = require("ports").free
+local free_port = fixture.free
 
 -- A CA and a certificate for 127.0.0.1 and localhost signed by it; returns the paths.
 local function make_certificates(dir)

@@ -65,7 +65,7 @@ local function read(path)
   return text
 end
 
-local free_port = require("ports").free
+local free_port = require("fixture").free
 
 local HBA = [[
 local   all          all                    trust

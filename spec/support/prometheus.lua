@@ -17,21 +17,11 @@ local prometheus = {}
 
 local BINARY = "/usr/bin/prometheus"
 
-local function run(argv, what)
-  local r = exec.run(argv, { timeout = 30 })
-  if r.code ~= 0 then
-    error(("prometheus helper: %s failed (%s): %s"):format(what, tostring(r.code or r.signal), r.stderr), 3)
-  end
-  return r.stdout
-end
+local fixture = require("fixture")
+local write = fixture.write
+local function run(argv, what) return fixture.run(argv, what, "prometheus") end
 
-local function write(path, content)
-  local f = assert(io.open(path, "wb"))
-  f:write(content)
-  f:close()
-end
-
-local free_port = require("ports").free
+local free_port = fixture.free
 
 -- ---- the target: /metrics with values the spec sets ----
 
