@@ -19,6 +19,7 @@ static const char usage[] =
     "  run NAME [key=value...]  run it; on a failure, undo the completed steps in reverse\n"
     "      --env E              environment (environments/E.yaml; default local)\n"
     "      --step               ask before every step: run, skip or abort (on-call mode)\n"
+    "      --no-step            run a step-by-step runbook straight through\n"
     "      --yes                answer yes to confirmations (CI)\n"
     "      --from STEP          start at this step (name or number)\n"
     "      --tags T1,T2         run only the steps with one of these tags\n"

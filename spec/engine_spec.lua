@@ -287,6 +287,25 @@ return playbook { steps = {
     assert.are.equal(0, r.code)
   end)
 
+  it("runs a step_by_step runbook only on a terminal, or straight through with --no-step", function()
+    p:write("playbooks/rb.lua", TRACE .. [[
+return playbook { step_by_step = true, steps = {
+  step "assess" { run = function(ctx) trace("sev=" .. ctx:ask("Severity?", { default = "sev2" })) end },
+  step "page" { run = function(ctx) trace("yes=" .. tostring(ctx.yes)) end },
+} }]])
+    local r = p:tug({ "run", "rb" })
+    assert.are.equal(2, r.code, r.stdout .. r.stderr)
+    assert.matches("rb runs step by step and needs a terminal to ask on %(%-%-no%-step runs it straight through%)", r.stdout .. r.stderr)
+    assert.are.same({}, read_trace(p))
+    r = p:tug({ "run", "rb", "--no-step" })
+    assert.are.equal(1, r.code, r.stdout .. r.stderr)
+    assert.matches("needs an answer, and there is no terminal to ask: \"Severity%?\"", r.stdout .. r.stderr)
+    r = p:tug({ "run", "rb", "--no-step", "--yes" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.are.same({ "sev=sev2", "yes=true" }, read_trace(p))
+    assert.matches("runs step by step", p:tug({ "describe", "rb" }).stdout)
+  end)
+
   it("needs --yes for a confirm prompt when there is no terminal", function()
     p:write("playbooks/pb.lua", TRACE .. [[
 return playbook { steps = {
@@ -502,6 +521,32 @@ return playbook { steps = {
     local decisions = events_of(p:journal(), "decision")
     assert.are.equal("run", decisions[1].answer)
     assert.are.equal("skip", decisions[2].answer)
+  end)
+
+  it("asks a runbook's questions, records the answers, and runs a step_by_step playbook step by step", function()
+    p:write("playbooks/rb.lua", TRACE .. [[
+return playbook { step_by_step = true, steps = {
+  step "assess" { run = function(ctx)
+    trace("severity=" .. ctx:ask("Severity?", { choices = { "sev1", "sev2", "sev3" } }))
+    trace("summary=" .. ctx:ask("Summary?", { default = "api down" }))
+  end },
+} }]])
+    local keys, screen = terminal({ "run", "rb", "--output", "plain" })
+    assert.is_true(project.wait_for(function() return screen():find("Next: assess", 1, true) end), screen())
+    keys("r", "Enter")
+    assert.is_true(project.wait_for(function() return screen():find("Severity? [sev1/sev2/sev3]", 1, true) end), screen())
+    keys("sev9", "Enter")
+    assert.is_true(project.wait_for(function() return screen():find("answer one of: sev1, sev2, sev3", 1, true) end), screen())
+    keys("sev2", "Enter")
+    assert.is_true(project.wait_for(function() return screen():find("Summary? (default api down)", 1, true) end), screen())
+    keys("Enter")
+    assert.is_true(project.wait_for(function() return screen():find("EXIT=", 1, true) end), screen())
+    assert.matches("EXIT=0", screen())
+    assert.are.same({ "severity=sev2", "summary=api down" }, read_trace(p))
+    local decisions = events_of(p:journal(), "decision")
+    assert.are.equal("Severity?", decisions[2].question)
+    assert.are.equal("sev2", decisions[2].answer)
+    assert.are.equal("api down", decisions[3].answer)
   end)
 
   it("shows a live view with every step and its result", function()

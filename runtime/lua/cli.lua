@@ -26,10 +26,10 @@ end
 
 -- Flags each command accepts: name -> takes a value?
 local FLAGS = {
-  run = { env = true, playbooks = true, step = false, yes = false, from = true, tags = true,
+  run = { env = true, playbooks = true, step = false, ["no-step"] = false, yes = false, from = true, tags = true,
     ["no-undo"] = false, output = true, junit = true, ["break-lock"] = false },
   plan = { env = true, playbooks = true, from = true, tags = true, output = true },
-  resume = { yes = false, step = false, output = true, junit = true, playbooks = true },
+  resume = { yes = false, step = false, ["no-step"] = false, output = true, junit = true, playbooks = true },
   list = { playbooks = true },
   describe = { playbooks = true },
   check = { playbooks = true },
@@ -112,6 +112,7 @@ local function cmd_describe(flags, _, rest)
   say("%s: %s", pb.name, pb.description or "")
   say("  file: %s", pb.path)
   if pb.lock then say("  lock: %s (one run per environment at a time)", pb.lock) end
+  if pb.step_by_step then say("  runs step by step: asks before each step (--no-step runs it straight through)") end
   local names = {}
   for k in pairs(pb.params) do names[#names + 1] = k end
   table.sort(names)
@@ -219,6 +220,19 @@ local function tag_set(text)
   return set, list
 end
 
+-- On-call runbooks (step_by_step = true) ask before each step unless --no-step.
+local function step_mode(pb, flags)
+  if flags.step then return true end
+  return pb.step_by_step == true and not flags["no-step"]
+end
+
+-- Step-by-step runs need a terminal to ask on; say so before anything starts.
+local function check_step_mode(pb, flags)
+  if not step_mode(pb, flags) or tug.sys.isatty(0) then return true end
+  if flags.step then return nil, "--step needs a terminal to ask on" end
+  return nil, pb.name .. " runs step by step and needs a terminal to ask on (--no-step runs it straight through)"
+end
+
 local function cmd_run(flags, params, rest, plan)
   local command = plan and "plan" or "run"
   if not rest[1] then return usage("'tug %s' needs a playbook name", command) end
@@ -235,8 +249,12 @@ local function cmd_run(flags, params, rest, plan)
   local reporter, rerr = reporter_for(flags)
   if not reporter then return usage("%s", rerr) end
   local tags, tag_list = tag_set(flags.tags)
+  if not plan then
+    local ok, serr = check_step_mode(pb, flags)
+    if not ok then return usage("%s", serr) end
+  end
   return engine.run({
-    pb = pb, env = env, params = values, plan = plan, yes = flags.yes, step_mode = flags.step,
+    pb = pb, env = env, params = values, plan = plan, yes = flags.yes, step_mode = step_mode(pb, flags), step = flags.step,
     from = flags.from, tags = tags, tag_list = tag_list, no_undo = flags["no-undo"],
     reporter = reporter, break_lock = flags["break-lock"],
   })
@@ -261,8 +279,10 @@ local function cmd_resume(flags, _, rest)
   if not env then return usage("%s", env_err) end
   local reporter, rerr = reporter_for(flags)
   if not reporter then return usage("%s", rerr) end
+  local ok, serr = check_step_mode(pb, flags)
+  if not ok then return usage("%s", serr) end
   return engine.run({
-    pb = pb, env = env, params = run.params or {}, yes = flags.yes, step_mode = flags.step,
+    pb = pb, env = env, params = run.params or {}, yes = flags.yes, step_mode = step_mode(pb, flags), step = flags.step,
     reporter = reporter, resume = run,
   })
 end

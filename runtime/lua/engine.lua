@@ -123,7 +123,7 @@ function Run:make_ctx()
   local run = self
   local ctx = {
     params = self.params, env = self.env, state = self.state, run_id = self.run_id,
-    plan = self.plan, playbook = self.pb.name,
+    plan = self.plan, playbook = self.pb.name, yes = self.opts.yes and true or false,
   }
   local function logger(level)
     return function(message, fields)
@@ -149,6 +149,52 @@ function Run:make_ctx()
     local yes = answer ~= nil and answer:lower():match("^y") ~= nil
     run:emit({ event = "decision", question = message, answer = yes and "yes" or "no" })
     return yes
+  end
+  -- Asks for a free answer (or one of opts.choices); opts.default answers an empty line,
+  -- and --yes (or a plan) takes it. The answer is a decision in the journal.
+  function ctx:ask(question, opts)
+    opts = opts or {}
+    question = expand(question, self)
+    local choices = opts.choices
+    local function valid(a)
+      if not choices then return a ~= "" end
+      for _, c in ipairs(choices) do if c == a then return true end end
+      return false
+    end
+    if run.plan or run.opts.yes then
+      if opts.default == nil then
+        if run.plan then
+          tug.plan.record("confirm", "would ask: " .. question)
+          return nil
+        end
+        error(tug.error.new("confirm", "needs an answer that --yes cannot give: \"" .. question .. "\""), 0)
+      end
+      if run.plan then
+        tug.plan.record("confirm", "would ask: " .. question .. " (default " .. tostring(opts.default) .. ")")
+      else
+        run:emit({ event = "log", level = "info", message = "answered by --yes: " .. question .. " " .. tostring(opts.default) })
+      end
+      return opts.default
+    end
+    if not interactive() then
+      error(tug.error.new("confirm", "needs an answer, and there is no terminal to ask: \"" .. question .. "\""), 0)
+    end
+    local prompt = question
+    if choices then prompt = prompt .. " [" .. table.concat(choices, "/") .. "]" end
+    if opts.default ~= nil then prompt = prompt .. " (default " .. tostring(opts.default) .. ")" end
+    while true do
+      local answer = run:ask(prompt)
+      if answer == nil then
+        error(tug.error.new("confirm", "no answer to: \"" .. question .. "\""), 0)
+      end
+      answer = answer:match("^%s*(.-)%s*$")
+      if answer == "" and opts.default ~= nil then answer = tostring(opts.default) end
+      if valid(answer) then
+        run:emit({ event = "decision", question = question, answer = answer })
+        return answer
+      end
+      io.stdout:write(choices and ("answer one of: " .. table.concat(choices, ", ") .. "\n") or "an answer is needed\n")
+    end
   end
   function ctx:would(description)
     if run.plan then tug.plan.record("step", description) end
@@ -200,7 +246,9 @@ function Run:gate(step)
   local o = self.opts
   if o.step_mode then
     if not interactive() then
-      error(tug.error.new("usage", "--step needs a terminal to ask on"), 0)
+      error(tug.error.new("usage", self.pb.step_by_step and not o.step and
+        (self.pb.name .. " runs step by step and needs a terminal to ask on (--no-step runs it straight through)")
+        or "--step needs a terminal to ask on"), 0)
     end
     while true do
       local a = self:ask(string.format("Next: %s. [r]un, [s]kip or [a]bort?", step.name))

@@ -6,7 +6,7 @@ local M = {}
 
 local PLAYBOOK_FIELDS = {
   name = "string", description = "string", params = "table", lock = "string",
-  steps = "table", undo_timeout = "duration",
+  steps = "table", undo_timeout = "duration", step_by_step = "boolean",
 }
 local STEP_FIELDS = {
   run = "function", undo = "function", when = "function", timeout = "duration",
