@@ -2,57 +2,21 @@
 -- this spec serves (so it can look at the cluster afterwards): the happy paths, the
 -- faults each procedure is meant to catch, and plans that send nothing.
 package.path = "spec/support/?.lua;" .. package.path
-local child = require("child")
-
-local ROOT = exec.run({ "pwd" }).stdout:gsub("\n$", "")
+local harness = require("playbook_harness")
 
 describe("Multiship playbooks on the simulated cluster", function()
-  local cluster, dir
+  local h, cluster
 
   before_each(function()
-    cluster = sim.start({ port = 0, timing = { pod_start = "100ms", ready_after = "200ms" } })
-    dir = exec.run({ "mktemp", "-d", "/tmp/tug-playbooks-XXXXXX" }).stdout:gsub("\n$", "")
-    exec.run({ "mkdir", "-p", dir .. "/environments" }, { check = true })
-    cluster:kubeconfig(dir .. "/kubeconfig")
-    local f = assert(io.open(dir .. "/environments/sim.yaml", "w"))
-    f:write(string.format([[
-name: sim
-url: %s/svc/multiship/api-service
-service_url: %s/svc/multiship/{service}
-kubernetes: { kubeconfig: %s/kubeconfig, namespace: multiship }
-thresholds: { p95_ms: 500, error_rate: 0.001 }
-admin_token: sim-admin-token
-]], cluster.url, cluster.url, dir))
-    f:close()
+    h = harness.new()
+    cluster = h.cluster
   end)
 
-  after_each(function()
-    cluster:close()
-    exec.run({ "rm", "-rf", dir })
-  end)
+  after_each(function() h:close() end)
 
-  local function tug(args)
-    local argv = { child.tug }
-    for _, a in ipairs(args) do argv[#argv + 1] = a end
-    for _, a in ipairs({ "--env", "sim", "--playbooks", ROOT .. "/playbooks", "--output", "json" }) do
-      argv[#argv + 1] = a
-    end
-    return exec.run(argv, { timeout = 120, env = { CI = "true", TUG_ENVIRONMENTS = dir .. "/environments",
-      TUG_HOME = dir .. "/.tug", GITHUB_ACTIONS = false } })
-  end
-
-  local function run_end(r)
-    local last
-    for line in r.stdout:gmatch("[^\n]+") do
-      local ok, e = pcall(json.decode, line)
-      if ok and type(e) == "table" and e.event == "run_end" then last = e end
-    end
-    return last
-  end
-
-  local function image(name)
-    return cluster:get("deployments", "multiship", name).spec.template.spec.containers[1].image
-  end
+  local function tug(args) return h:tug(args) end
+  local function run_end(r) return h:run_end(r) end
+  local function image(name) return h:image(name) end
 
   it("blue-green deploys to the idle colour and switches traffic to it", function()
     local r = tug({ "run", "blue-green", "version=v2.2.0", "--yes" })
@@ -164,12 +128,7 @@ admin_token: sim-admin-token
   it("plans blue-green: lists the writes and sends none", function()
     local r = tug({ "plan", "blue-green", "version=v2.2.0" })
     assert.are.equal(0, r.code, r.stdout .. r.stderr)
-    local changes = {}
-    for line in r.stdout:gmatch("[^\n]+") do
-      local e = json.decode(line)
-      for _, c in ipairs(e.changes or {}) do changes[#changes + 1] = c.module .. ": " .. c.summary end
-    end
-    local text = table.concat(changes, "\n")
+    local text = h:changes(r)
     assert.matches("k8s: patch deployment multiship/api%-green", text)
     assert.matches("k8s: patch service multiship/api%-service", text)
     assert.are.equal("blue", cluster:get("services", "multiship", "api-service").spec.selector.colour)
