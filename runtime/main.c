@@ -27,6 +27,12 @@ static const char usage[] =
     "      --output tty|plain|json   live view, timestamped lines, or one JSON event a line\n"
     "      --junit FILE         write a JUnit report, one testcase per step\n"
     "      --break-lock         take the lock from a holder that died\n"
+    "      --every DURATION     run it again every DURATION (30s, 5m) until Ctrl-C or SIGTERM:\n"
+    "                           each run whole (own run id, journal, lock); a failed run does\n"
+    "                           not stop the loop, a failed rollback does (synthetic monitoring)\n"
+    "      --metrics-listen ADDR:PORT\n"
+    "                           with --every: serve the runs' results as Prometheus metrics on\n"
+    "                           http://ADDR:PORT/metrics (tug_runs_total, tug_run_success, ...)\n"
     "  runs                     the journalled runs, newest first (.tug/runs)\n"
     "  show RUN_ID              one run: steps, results, decisions, saved state\n"
     "  resume RUN_ID            continue a run that died, from its first unfinished step\n"
@@ -69,8 +75,10 @@ static const char usage[] =
     "       environment (nothing was run)\n"
     "  3    the playbook's lock is held by another run (the holder is named)\n"
     "  4    aborted by the user: Ctrl-C (after rolling back), declined confirmation, --step abort\n"
-    "  5    rollback failed: an undo failed, a human must look\n"
-    "  130  a script interrupted by Ctrl-C or SIGTERM (tug lua): every task was cancelled\n";
+    "       (with --every: Ctrl-C or SIGTERM during a run, which is rolled back, ends the loop)\n"
+    "  5    rollback failed: an undo failed, a human must look (--every stops there too)\n"
+    "  130  a script interrupted by Ctrl-C or SIGTERM (tug lua): every task was cancelled;\n"
+    "       with --every: Ctrl-C or SIGTERM between runs (nothing was running)\n";
 
 static int usage_error(const char *fmt, const char *arg) {
   fputs("tug: ", stderr);

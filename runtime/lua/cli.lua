@@ -27,7 +27,7 @@ end
 -- Flags each command accepts: name -> takes a value?
 local FLAGS = {
   run = { env = true, playbooks = true, step = false, ["no-step"] = false, yes = false, from = true, tags = true,
-    ["no-undo"] = false, output = true, junit = true, ["break-lock"] = false },
+    ["no-undo"] = false, output = true, junit = true, ["break-lock"] = false, every = true, ["metrics-listen"] = true },
   plan = { env = true, playbooks = true, from = true, tags = true, output = true },
   resume = { yes = false, step = false, ["no-step"] = false, output = true, junit = true, playbooks = true },
   list = { playbooks = true },
@@ -233,6 +233,27 @@ local function check_step_mode(pb, flags)
   return nil, pb.name .. " runs step by step and needs a terminal to ask on (--no-step runs it straight through)"
 end
 
+-- --every and --metrics-listen (runtime/lua/every.lua), checked before anything runs:
+-- the loop's options, or nil and a usage message.
+local function every_options(pb, flags)
+  local every = require("tug.every")
+  if not flags.every then return nil, "--metrics-listen needs --every (the metrics describe repeated runs)" end
+  local interval, ierr = every.parse_interval(flags.every)
+  if not interval then return nil, ierr end
+  local listen
+  if flags["metrics-listen"] then
+    local host, port = every.parse_listen(flags["metrics-listen"])
+    if not host then return nil, port end
+    listen = { host = host, port = port }
+  end
+  if step_mode(pb, flags) then
+    return nil, "--every runs unattended: " .. (flags.step and "it cannot ask before each step (--step)"
+      or (pb.name .. " runs step by step; add --no-step to repeat it"))
+  end
+  return { interval = interval, listen = listen, playbook = pb.name,
+    new_reporter = function() return (reporter_for(flags)) end }
+end
+
 local function cmd_run(flags, params, rest, plan)
   local command = plan and "plan" or "run"
   if not rest[1] then return usage("'tug %s' needs a playbook name", command) end
@@ -249,15 +270,26 @@ local function cmd_run(flags, params, rest, plan)
   local reporter, rerr = reporter_for(flags)
   if not reporter then return usage("%s", rerr) end
   local tags, tag_list = tag_set(flags.tags)
+  local every, every_err
+  if flags.every or flags["metrics-listen"] then
+    every, every_err = every_options(pb, flags)
+    if not every then return usage("%s", every_err) end
+  end
   if not plan then
     local ok, serr = check_step_mode(pb, flags)
     if not ok then return usage("%s", serr) end
   end
-  return engine.run({
-    pb = pb, env = env, params = values, plan = plan, yes = flags.yes, step_mode = step_mode(pb, flags), step = flags.step,
-    from = flags.from, tags = tags, tag_list = tag_list, no_undo = flags["no-undo"],
-    reporter = reporter, break_lock = flags["break-lock"],
-  })
+  local function run_once(each_reporter, on_interrupt, notify_when)
+    return engine.run({
+      pb = pb, env = env, params = values, plan = plan, yes = flags.yes, step_mode = step_mode(pb, flags), step = flags.step,
+      from = flags.from, tags = tags, tag_list = tag_list, no_undo = flags["no-undo"],
+      reporter = each_reporter, break_lock = flags["break-lock"], on_interrupt = on_interrupt,
+      notify_when = notify_when,
+    })
+  end
+  if not every then return run_once(reporter) end
+  every.env, every.run = env.name, run_once
+  return require("tug.every").loop(every)
 end
 
 local function cmd_resume(flags, _, rest)

@@ -93,7 +93,8 @@ function Run:emit(event)
   if self.journal then self.journal:write_line(line) end
   self.reporter.event(event, line)
   -- channels in the environment's notify: section hear when a run starts and ends
-  if RUN_EVENTS[event.event] and not self.plan and self.env.notify then
+  if RUN_EVENTS[event.event] and not self.plan and self.env.notify
+      and (not self.opts.notify_when or self.opts.notify_when(event)) then
     require("notify").run_event(self.env, event, M.current)
   end
 end
@@ -384,10 +385,13 @@ function Run:on_interrupt(count)
     self.stop_rollback = true
   end
   if self.current then self.current:cancel() end
+  if self.opts.on_interrupt then self.opts.on_interrupt(count) end -- --every stops after this run
 end
 
 -- Runs (or plans) a playbook. opts: pb, env, params, plan, yes, step_mode, from, tags,
--- no_undo, reporter, resume (a journal summary), break_lock. Returns the exit code.
+-- no_undo, reporter, resume (a journal summary), break_lock, on_interrupt (told of each
+-- Ctrl-C or SIGTERM the run receives), notify_when (event -> whether the environment's
+-- notify channels hear of it). Returns the exit code.
 function M.run(opts)
   local pb = opts.pb
   local self = setmetatable({

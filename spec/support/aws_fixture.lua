@@ -37,10 +37,15 @@ function Fixture:last_request()
   return all[#all]
 end
 
-function aws_fixture.start()
+-- opts.access_key, opts.secret_key: the credentials it accepts (default the ones above;
+-- s3rver's, for a spec that signs S3 and CloudFront calls with one set).
+function aws_fixture.start(opts)
+  opts = opts or {}
+  local access_key = opts.access_key or aws_fixture.ACCESS_KEY
+  local secret_key = opts.secret_key or aws_fixture.SECRET_KEY
   local root = os.getenv("TUG_ROOT") or "."
   local proc = exec.spawn({ "/usr/bin/python3", root .. "/spec/support/aws_fixture.py",
-    aws_fixture.ACCESS_KEY, aws_fixture.SECRET_KEY }, { lines = true, kill_grace = 1 })
+    access_key, secret_key }, { lines = true, kill_grace = 1 })
   local fixture = setmetatable({ proc = proc }, Fixture)
   local ok, port = pcall(task.timeout, 20, function()
     while true do
@@ -58,7 +63,7 @@ function aws_fixture.start()
   end
   fixture.port = port
   fixture.url = "http://127.0.0.1:" .. port
-  fixture.credentials = { access_key_id = aws_fixture.ACCESS_KEY, secret_access_key = aws_fixture.SECRET_KEY }
+  fixture.credentials = { access_key_id = access_key, secret_access_key = secret_key }
   return fixture
 end
 
