@@ -216,7 +216,7 @@ return playbook {
         local p, items = ctx.params, ctx.state.items
         local affirmed = {}
         for _, id in ipairs(p.confirmed or {}) do affirmed[id] = true end
-        local terminal = tug.sys.isatty(0)
+        local terminal = ctx.interactive
         local silent -- why nobody is asked, once a prompt went unanswered
         for _, item in ipairs(checklist.ITEMS) do
           local it = items[item.id]

@@ -125,6 +125,7 @@ function Run:make_ctx()
   local ctx = {
     params = self.params, env = self.env, state = self.state, run_id = self.run_id,
     plan = self.plan, playbook = self.pb.name, yes = self.opts.yes and true or false,
+    interactive = interactive(),
   }
   local function logger(level)
     return function(message, fields)
