@@ -441,6 +441,12 @@ describe("list, describe and check", function()
     assert.are.equal(0, r.code)
     assert.matches("api%-outage%s+when the API is down%s+playbooks/runbooks/api_outage.lua", r.stdout)
     assert.matches("blue%-green%s+switch colours", r.stdout)
+    -- a runbook answers to its name with or without its folder, and only its own folder
+    assert.matches("when the API is down", p:tug({ "describe", "runbooks/api-outage" }).stdout)
+    assert.matches("when the API is down", p:tug({ "describe", "api-outage" }).stdout)
+    r = p:tug({ "describe", "playbooks/api-outage" })
+    assert.are.equal(2, r.code)
+    assert.matches("no playbook named 'playbooks/api%-outage'", r.stderr)
   end)
 
   it("describes params and steps, marking those with undo", function()

@@ -216,18 +216,33 @@ end
 
 -- Finds one playbook by name. Loads only the files whose name matches first (the usual
 -- case: blue_green.lua declares blue-green), and every playbook only when none does.
+-- A name may carry its folder: runbooks/api-outage is api-outage in a runbooks/ folder.
 -- Returns the playbook, or nil and the discovery (for its list and errors).
 function M.find(dirs, name)
+  local folder, base = name:match("^(.+)/([^/]+)$")
+  base = base or name
+  -- whether the file's folder, below its playbook directory, is the named one
+  local function in_folder(path)
+    if folder == nil then return true end
+    for _, dir in ipairs(dirs) do
+      if path:sub(1, #dir + 1) == dir .. "/" and path:sub(#dir + 2):match("^(.*)/[^/]+$") == folder then
+        return true
+      end
+    end
+    return false
+  end
   local files = {}
   for _, dir in ipairs(dirs) do scan(dir, files) end
   for _, path in ipairs(files) do
-    if path:match("([^/]+)%.lua$"):gsub("_", "-") == name then
+    if path:match("([^/]+)%.lua$"):gsub("_", "-") == base and in_folder(path) then
       local pb = M.load(path)
-      if pb and pb.name == name then return pb end
+      if pb and pb.name == base then return pb end
     end
   end
   local found = M.discover(dirs)
-  return found.by_name[name], found
+  local pb = found.by_name[base]
+  if pb and not in_folder(pb.path) then pb = nil end
+  return pb, found
 end
 
 -- Converts one param value (a string from the command line, or a default) to its type.
