@@ -1,5 +1,5 @@
 -- rollback: the seed's immediate rollback (critical issues). Undo the last rollout, wait
--- for it, and verify health.
+-- for it, and verify health. There is no undo: rolling forward again is a deploy.
 local multiship = require("multiship")
 
 return playbook {
@@ -19,6 +19,13 @@ return playbook {
         ctx.state.revisions = #history
         local d = k8s.get("deployment", ctx.params.deployment)
         ctx.state.image_before = multiship.container_image(d)
+        ctx.state.revision_before = d.metadata.annotations and d.metadata.annotations["deployment.kubernetes.io/revision"]
+        if not ctx.params.to_revision and #history < 2 then
+          error(string.format("%s has no earlier revision to roll back to (its history holds %d, running %s)",
+            ctx.params.deployment, #history, ctx.state.image_before), 0)
+        end
+        ctx.log.info(string.format("%s runs %s (revision %s)", ctx.params.deployment, ctx.state.image_before,
+          tostring(ctx.state.revision_before)))
       end,
     },
 
@@ -40,7 +47,7 @@ return playbook {
         if ctx.plan then return end
         local base = multiship.api_url(ctx.env, ctx.env.deploy_service or "api")
         local r = health.check({ base .. "/health", within = ctx.params.verify_within, interval = "1s" })
-        if not r.ok then error(r.reason) end
+        if not r.ok then error(string.format("after the rollback to %s: %s", ctx.state.image_after, r.reason)) end
       end,
     },
   },

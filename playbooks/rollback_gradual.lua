@@ -1,6 +1,7 @@
 -- rollback-gradual: the seed's gradual rollback (performance issues). Bring the stable
 -- colour back up, move traffic to it, then scale the problematic colour down. Each step
--- undoes itself, so a rollback that goes wrong leaves traffic where it was.
+-- is undone when a later one fails, and a stable colour that does not come up is scaled
+-- back, so a rollback that goes wrong leaves traffic and replicas where they were.
 local multiship = require("multiship")
 
 return playbook {
@@ -32,7 +33,9 @@ return playbook {
       run = function(ctx)
         local deploy = "api-" .. ctx.state.stable
         k8s.scale(deploy, ctx.params.replicas or ctx.state.problematic_replicas)
-        if not ctx.plan then k8s.rollout_status(deploy, { timeout = ctx.params.rollout_timeout, quiet = true }) end
+        if ctx.plan then return end
+        multiship.rollout_or_restore(deploy, { timeout = ctx.params.rollout_timeout, quiet = true },
+          function() k8s.scale(deploy, ctx.state.stable_replicas_before) end)
       end,
       undo = function(ctx)
         k8s.scale("api-" .. ctx.state.stable, ctx.state.stable_replicas_before)

@@ -1,0 +1,105 @@
+-- rollback (immediate) and rollback-gradual, run end to end by the real binary against a
+-- simulated cluster this spec serves: the rollbacks, what they do when the version they
+-- go back to does not come up, and plans that send nothing.
+package.path = "spec/support/?.lua;" .. package.path
+local harness = require("playbook_harness")
+local runs = require("playbook_runs")
+
+local function selector(cluster) return cluster:get("services", "multiship", "api-service").spec.selector.colour end
+local function replicas(cluster, name) return cluster:get("deployments", "multiship", name).spec.replicas end
+
+describe("rollback", function()
+  local h, cluster
+
+  before_each(function()
+    h = harness.new()
+    cluster = h.cluster
+  end)
+  after_each(function() h:close() end)
+
+  it("returns the API to its previous revision and verifies it", function()
+    assert.are.equal(0, h:tug({ "run", "deploy", "version=v2.2.0" }).code)
+    local r = h:tug({ "run", "rollback", "--yes" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.are.equal("succeeded", h:run_end(r).status)
+    assert.are.equal("multiship/api:v2.1.0", h:image("api"))
+    assert.are.equal(4, cluster:get("deployments", "multiship", "api").status.readyReplicas)
+    assert.matches("now running multiship/api:v2.1.0", r.stdout)
+  end)
+
+  it("refuses when there is no earlier revision, changing nothing", function()
+    local before = runs.snapshot(cluster)
+    local r = h:tug({ "run", "rollback", "--yes" })
+    assert.are.equal(1, r.code, r.stdout .. r.stderr)
+    assert.matches("api has no earlier revision to roll back to", h:run_end(r).reason)
+    runs.unchanged(cluster, before)
+  end)
+
+  it("fails, saying so, when the revision it went back to is not healthy", function()
+    assert.are.equal(0, h:tug({ "run", "deploy", "version=v2.2.0" }).code)
+    cluster:fault({ type = "unhealthy", version = "v2.1.0", status = 503 })
+    local r = h:tug({ "run", "rollback", "--yes", "verify_within=1s" })
+    assert.are.equal(1, r.code, r.stdout .. r.stderr)
+    local e = h:run_end(r)
+    assert.are.equal("failed", e.status)
+    assert.matches("after the rollback to multiship/api:v2.1.0: .*status 503", e.reason)
+  end)
+
+  it("plans: lists the rollout undo and sends nothing", function()
+    assert.are.equal(0, h:tug({ "run", "deploy", "version=v2.2.0" }).code)
+    local before = runs.snapshot(cluster)
+    local r = h:tug({ "plan", "rollback" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.matches("k8s: patch deployment multiship/api", h:changes(r))
+    runs.unchanged(cluster, before)
+    assert.are.equal("multiship/api:v2.2.0", h:image("api"))
+  end)
+end)
+
+describe("rollback-gradual", function()
+  local h, cluster
+
+  before_each(function()
+    h = harness.new()
+    cluster = h.cluster
+  end)
+  after_each(function() h:close() end)
+
+  it("moves traffic back to the stable colour and scales the other down", function()
+    assert.are.equal(0, h:tug({ "run", "blue-green", "version=v2.2.0", "--yes", "scale_down_after=0s" }).code)
+    assert.are.equal(0, replicas(cluster, "api-blue"))
+    local r = h:tug({ "run", "rollback-gradual", "--yes" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.are.equal("blue", selector(cluster))
+    assert.are.equal(4, replicas(cluster, "api-blue"))
+    assert.are.equal(4, cluster:get("deployments", "multiship", "api-blue").status.readyReplicas)
+    assert.are.equal(0, replicas(cluster, "api-green"))
+  end)
+
+  it("leaves traffic where it was when the stable colour does not come up", function()
+    assert.are.equal(0, h:tug({ "run", "blue-green", "version=v2.2.0", "--yes", "scale_down_after=0s" }).code)
+    cluster:fault({ type = "never_ready", version = "v2.1.0" })
+    local r = h:tug({ "run", "rollback-gradual", "--yes", "rollout_timeout=2s" })
+    assert.are.equal(1, r.code, r.stdout .. r.stderr)
+    local e = h:run_end(r)
+    assert.are.equal("failed", e.status)
+    assert.matches("scale up the stable colour", e.reason)
+    assert.matches("timed out", e.reason)
+    assert.are.equal("green", selector(cluster))
+    assert.are.equal(4, replicas(cluster, "api-green"))
+    assert.are.equal(0, replicas(cluster, "api-blue"))
+  end)
+
+  it("plans: lists the scaling and the switch and sends nothing", function()
+    assert.are.equal(0, h:tug({ "run", "blue-green", "version=v2.2.0", "--yes", "scale_down_after=0s" }).code)
+    local before = runs.snapshot(cluster)
+    local r = h:tug({ "plan", "rollback-gradual" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    local text = h:changes(r)
+    assert.matches("k8s: patch deployment multiship/api%-blue", text)
+    assert.matches("k8s: patch service multiship/api%-service", text)
+    assert.matches("k8s: patch deployment multiship/api%-green", text)
+    runs.unchanged(cluster, before)
+    assert.are.equal("green", selector(cluster))
+  end)
+end)
