@@ -11,7 +11,7 @@
 #
 # Every library's flags come from pkg-config; there is no configure step.
 
-PKGS     := lua5.4 libuv libcurl yaml-0.1 jansson libpq libcrypto
+PKGS     := lua5.4 libuv libcurl yaml-0.1 jansson libpq libcrypto libssl libwebsockets
 CC       ?= cc
 OPT      ?= -O2 -g
 CFLAGS   := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter $(OPT)

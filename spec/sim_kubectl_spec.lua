@@ -316,6 +316,65 @@ spec:
   end)
 end)
 
+describe("sim and kubectl exec", function()
+  local c, s
+
+  setup(function()
+    c = simtest.start({ port = 0 })
+    s = c.sim
+    s:set_exec({ argv = { "echo", "hello" }, stdout = "hello\n" })
+    s:set_exec({ prefix = { "fail" }, stdout = "half done\n", stderr = "it broke\n", code = 3 })
+    s:set_exec({ prefix = { "cat" }, ["local"] = true })
+  end)
+
+  teardown(function()
+    if c then c:close() end
+  end)
+
+  it("runs kubectl exec over WebSocket (v5.channel.k8s.io), never SPDY: output, exit codes, stdin", function()
+    local before = s:state().execs
+    local pod
+    for _, p in ipairs(s:list("pods", "multiship", { label = "app=api,track=main" })) do
+      if p.status.phase == "Running" then pod = p.metadata.name end
+    end
+    assert.truthy(pod)
+
+    local r = c:kubectl({ "exec", pod, "--", "echo", "hello" })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.are.equal("hello\n", r.stdout)
+
+    r = c:kubectl({ "exec", "deployment/api", "--", "fail", "now" })
+    assert.are.equal(3, r.code)
+    assert.are.equal("half done\n", r.stdout)
+    assert.matches("it broke\n", r.stderr, 1, true)
+    assert.matches("command terminated with exit code 3", r.stderr, 1, true)
+
+    local input = string.rep("through kubectl -i\n", 2000)
+    r = c:kubectl({ "exec", "-i", "deployment/api", "--", "cat" }, { stdin = input })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.is_true(r.stdout == input, "stdin did not come back whole")
+
+    r = c:kubectl({ "exec", "deployment/api", "--", "nosuch" })
+    assert.are.equal(126, r.code)
+    assert.matches('exec: "nosuch": executable file not found in $PATH', r.stderr, 1, true)
+
+    r = c:kubectl({ "exec", "no-such-pod", "--", "echo", "hello" })
+    assert.are.equal(1, r.code)
+    assert.matches('pods "no-such-pod" not found', r.stderr, 1, true)
+
+    local after = s:state().execs
+    assert.are.equal(before.websocket + 4, after.websocket)
+    assert.are.equal(before.refused, after.refused) -- kubectl never fell back to SPDY
+    local log = s.execs.log
+    for i = #log - 3, #log do assert.are.equal("v5.channel.k8s.io", log[i].protocol) end
+    assert.are.equal(pod, log[#log - 3].pod)
+    assert.are.same({ "cat" }, log[#log - 1].argv)
+    assert.is_true(log[#log - 1].stdin)
+    -- deployment/api ran in one of the Deployment's pods
+    assert.are.equal("api", s:get("pods", "multiship", log[#log - 2].pod).metadata.labels.app)
+  end)
+end)
+
 describe("sim in a child process", function()
   it("serves kubectl from a `tug lua` child", function()
     local c = simtest.start_child()

@@ -20,6 +20,7 @@
  * server closes also happens in a task or in a Lua call, never in a callback.
  */
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -66,6 +67,7 @@ typedef struct srv_accept_op {
 typedef struct srv_write_op {
   tug_op base;
   srv_exchange *ex;
+  size_t limit; /* woken once no more than this waits for the socket */
 } srv_write_op;
 
 typedef struct srv_write {
@@ -89,8 +91,11 @@ struct srv_exchange {
   unsigned short http_major, http_minor;
   int keep_alive;
   int head_request;
-  int queued;   /* in conn's queue (from the end of its headers) */
-  int complete; /* the whole request has been read */
+  int upgrade;      /* an Upgrade (or CONNECT) request: the last one on its connection */
+  int detached;     /* take_connection handed the socket over */
+  srv_buf raw_head; /* an upgrade request's head as received, plus the bytes after it */
+  int queued;       /* in conn's queue (from the end of its headers) */
+  int complete;     /* the whole request has been read */
 
   /* the response */
   int responded; /* the head is out (or buffered) */
@@ -260,10 +265,15 @@ static void ex_free_request(srv_exchange *ex) {
   buf_free(&ex->body);
 }
 
+static void ex_free_all(srv_exchange *ex) {
+  ex_free_request(ex);
+  buf_free(&ex->raw_head);
+}
+
 static void ex_maybe_free(srv_exchange *ex) {
   if (ex->conn || ex->has_handle || ex->in_ready || ex->task || ex->writer)
     return;
-  ex_free_request(ex);
+  ex_free_all(ex);
   buf_free(&ex->out);
   free(ex);
 }
@@ -290,7 +300,7 @@ static int ex_must_wait(srv_exchange *ex, size_t limit) {
 }
 
 static void ex_wake_writer(srv_exchange *ex) {
-  if (ex->writer && !ex_must_wait(ex, SRV_STREAM_LOW))
+  if (ex->writer && !ex_must_wait(ex, ex->writer->limit))
     tug_op_done(&ex->writer->base);
 }
 
@@ -698,6 +708,24 @@ static int on_header_value(http_parser *p, const char *at, size_t len) {
   return buf_append(&c->value, at, len) ? -1 : 0;
 }
 
+/* An upgrade request's head, written back as it came (names lower-cased), for the protocol
+   that takes the connection over (take_connection). */
+static int append_raw_head(srv_exchange *ex) {
+  srv_buf *b = &ex->raw_head;
+  const char *method = http_method_str((enum http_method)ex->method);
+  if (buf_append(b, method, strlen(method)) || buf_append(b, " ", 1) ||
+      buf_append(b, ex->url.data ? ex->url.data : "/", ex->url.data ? ex->url.len : 1) ||
+      buf_appendf(b, " HTTP/%d.%d\r\n", ex->http_major, ex->http_minor) != 0)
+    return -1;
+  size_t at = 0, nlen, vlen;
+  const char *name, *value;
+  while (next_header(&ex->headers, &at, &name, &nlen, &value, &vlen))
+    if (buf_append(b, name, nlen) || buf_append(b, ": ", 2) || buf_append(b, value, vlen) ||
+        buf_append(b, "\r\n", 2))
+      return -1;
+  return buf_append(b, "\r\n", 2);
+}
+
 static int on_headers_complete(http_parser *p) {
   srv_conn *c = p->data;
   srv_exchange *ex = c->parsing;
@@ -711,6 +739,9 @@ static int on_headers_complete(http_parser *p) {
   ex->http_minor = p->http_minor;
   ex->keep_alive = http_should_keep_alive(p) && !p->upgrade;
   ex->head_request = p->method == HTTP_HEAD;
+  ex->upgrade = p->upgrade;
+  if (p->upgrade && append_raw_head(ex) != 0)
+    return -1;
   int has_length = (p->flags & F_CONTENTLENGTH) != 0;
   if (has_length && p->content_length > s->max_body) {
     c->error_status = 413;
@@ -809,8 +840,13 @@ static void conn_process_input(srv_conn *c) {
     } else if (n < avail) {
       break; /* cannot happen without an error; never spin */
     }
-    if (c->parser.upgrade) /* CONNECT or Upgrade: not served; answer and close */
+    if (c->parser.upgrade) { /* CONNECT or Upgrade: the last request on this connection */
       c->no_more_requests = 1;
+      /* bytes after it belong to the new protocol, should a handler take the connection */
+      if (c->tail && c->tail->upgrade && c->tail->complete && c->in_off < c->in.len &&
+          buf_append(&c->tail->raw_head, c->in.data + c->in_off, c->in.len - c->in_off) != 0)
+        conn_close(c);
+    }
   }
   if (c->closing) {
     c->processing = 0;
@@ -1583,8 +1619,73 @@ static int exchange_write(lua_State *L) {
   op->base.resume = write_resume;
   op->base.cancel = write_cancel;
   op->ex = ex;
+  op->limit = SRV_STREAM_LOW;
   ex->writer = op;
   return tug_await(L, &op->base);
+}
+
+static int take_step(lua_State *L, srv_exchange *ex);
+
+static int take_resume(lua_State *L, tug_op *base) {
+  srv_write_op *op = (srv_write_op *)base;
+  srv_exchange *ex = op->ex;
+  ex->writer = NULL;
+  free(op);
+  return take_step(L, ex);
+}
+
+/* Hands the socket over once every earlier response has left: a duplicate of the socket,
+   and the request's head with any bytes read after it. The connection then closes its own
+   handle (which does not end the TCP connection: the duplicate keeps it). */
+static int take_step(lua_State *L, srv_exchange *ex) {
+  srv_conn *c = ex->conn;
+  if (c == NULL || c->closing) {
+    lua_pushnil(L);
+    return 1;
+  }
+  if (ex_must_wait(ex, 0)) {
+    srv_write_op *op = malloc(sizeof *op);
+    if (op == NULL)
+      return luaL_error(L, "http.server: out of memory");
+    op->base.resume = take_resume;
+    op->base.cancel = write_cancel;
+    op->ex = ex;
+    op->limit = 0;
+    ex->writer = op;
+    return tug_await(L, &op->base);
+  }
+  uv_os_fd_t fd;
+  int dup_fd = -1;
+  if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+    dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (dup_fd < 0) {
+    conn_close(c);
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_pushinteger(L, dup_fd);
+  lua_pushlstring(L, ex->raw_head.data ? ex->raw_head.data : "", ex->raw_head.len);
+  buf_free(&ex->raw_head);
+  ex->responded = ex->finished = 1;
+  ex->detached = 1;
+  conn_close(c);
+  return 2;
+}
+
+/* ex:take_connection() -> fd, head: for an Upgrade request, the socket itself (the caller
+   owns the fd) and what was read of it (the request's head and any bytes after it), once
+   the responses to earlier requests on it are out; nil when the client has gone. */
+static int exchange_take_connection(lua_State *L) {
+  srv_exchange *ex = check_exchange(L);
+  if (!ex->upgrade)
+    return luaL_error(L, "http.server: take_connection needs a request with an Upgrade header");
+  if (ex->responded)
+    return luaL_error(L,
+                      "http.server take_connection: a response was already sent for this request");
+  if (ex->writer)
+    return luaL_error(L, "http.server: another task is writing this response");
+  tug_check_task(L, "http.server take_connection");
+  return take_step(L, ex);
 }
 
 /* ex:finish() -> true: ends a streaming response (the terminating chunk). */
@@ -1620,10 +1721,12 @@ static int exchange_abort(lua_State *L) {
   return 0;
 }
 
-/* ex:state() -> "pending", "streaming", "done" or "gone" */
+/* ex:state() -> "pending", "streaming", "done", "detached" or "gone" */
 static int exchange_state(lua_State *L) {
   srv_exchange *ex = check_exchange(L);
-  if (ex->conn == NULL)
+  if (ex->detached)
+    lua_pushliteral(L, "detached");
+  else if (ex->conn == NULL)
     lua_pushliteral(L, "gone");
   else if (ex->finished)
     lua_pushliteral(L, "done");
@@ -1676,6 +1779,7 @@ static const luaL_Reg exchange_methods[] = {
     {"finish", exchange_finish},
     {"abort", exchange_abort},
     {"state", exchange_state},
+    {"take_connection", exchange_take_connection},
     {NULL, NULL},
 };
 

@@ -107,9 +107,13 @@ end
 local function dispatch(ex, handler)
   local req = ex:request()
   req.query = decode_query(req.raw_query)
+  -- req:take_connection() -> fd, head: see the README (protocol upgrades, e.g. ws.upgrade).
+  function req.take_connection() return ex:take_connection() end
 
   local function serve()
-    local status, headers, body = normalize(handler(req))
+    local results = table.pack(handler(req))
+    if ex:state() == "detached" then return end -- the connection belongs to another protocol now
+    local status, headers, body = normalize(table.unpack(results, 1, results.n))
     if type(body) ~= "function" then
       ex:respond(status, headers, body)
       return
@@ -136,7 +140,9 @@ local function dispatch(ex, handler)
     method = req.method, path = req.path, error = tostring(failure.value),
   })
   log.debug("http.server: handler failed", { traceback = failure.traceback })
-  if ex:state() == "pending" then
+  local state = ex:state()
+  if state == "detached" then return end
+  if state == "pending" then
     ex:respond(500, { ["content-type"] = "text/plain; charset=utf-8" }, ERROR_BODY)
   else
     ex:abort() -- a stream failed half-way: the client sees it cut short

@@ -1,7 +1,8 @@
 -- k8s.lua: the public Kubernetes module. Natively, without kubectl: kubeconfig as kubectl
 -- reads it (k8s.kubeconfig, k8s.auth), a REST client over the http module with discovery,
 -- retries and structured errors (k8s.client), watches (k8s.watch), kubectl's rollout verbs
--- (k8s.verbs) and leases with the engine's lock backend (k8s.lease). The C half
+-- (k8s.verbs), exec over WebSocket (k8s.exec) and leases with the engine's lock backend
+-- (k8s.lease). The C half
 -- (k8s.core) holds the one primitive the waiting verbs need.
 --
 --   local c = k8s.connect(ctx.env.kubernetes)     -- { context, namespace } or { simulate = true }
@@ -17,6 +18,7 @@ local kubeconfig = require("k8s.kubeconfig")
 local client = require("k8s.client")
 require("k8s.watch")
 require("k8s.verbs")
+require("k8s.exec")
 local lease = require("k8s.lease")
 
 local k8s = {}
@@ -119,7 +121,7 @@ function k8s.simulator() return simulator end
 local METHODS = {
   "get", "list", "create", "replace", "patch", "delete", "watch", "update", "resource", "discovery",
   "set_image", "rollout_status", "rollout_history", "rollout_undo", "restart", "scale",
-  "patch_service_selector", "wait", "logs", "lease_acquire", "lease_inspect",
+  "patch_service_selector", "wait", "logs", "exec", "lease_acquire", "lease_inspect",
 }
 for _, name in ipairs(METHODS) do
   k8s[name] = function(...)

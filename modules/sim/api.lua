@@ -6,7 +6,8 @@
 --   /api/v1/..., /apis/GROUP/VERSION/...              the resources: get, list, watch,
 --                                                     create, update, patch, delete,
 --                                                     deletecollection; status, scale,
---                                                     log and proxy subresources
+--                                                     log, proxy and exec subresources
+--                                                     (exec: sim.exec, over WebSocket)
 --   /svc/NAMESPACE/SERVICE/PATH                       the simulated applications (sim.apps)
 --   /metrics                                          Prometheus exposition (sim.metrics)
 --   /sim/faults[/ID], /sim/timing, /sim/state         the simulator's own admin API
@@ -581,8 +582,13 @@ function Handler:resource(req, route)
   local q = req.query
   local verb = VERB_OF[method]
   if not verb then return fail(errors.method_not_allowed()) end
-  if def.name == "pods" and (sub == "exec" or sub == "attach" or sub == "portforward") then
-    return fail(errors.bad_request(("the simulated cluster runs no containers: pods/%s is not supported"):format(sub)))
+  if def.name == "pods" and sub == "exec" and name and ns and not route.subpath then
+    route.verb = "exec:create"
+    local out = self.sim.execs:serve(req, ns, name)
+    return out or { status = 101 } -- the connection went to the exec session
+  end
+  if def.name == "pods" and (sub == "attach" or sub == "portforward") then
+    return fail(errors.bad_request(("the simulated cluster does not serve pods/%s"):format(sub)))
   end
   if name == nil then
     if method == "GET" or method == "HEAD" then

@@ -21,7 +21,7 @@ local DEFS = {
   },
   pods = {
     kind = "Pod", group = "", version = "v1", namespaced = true, short = { "po" },
-    categories = { "all" }, subresources = { status = true, log = true },
+    categories = { "all" }, subresources = { status = true, log = true, exec = true },
   },
   services = {
     kind = "Service", group = "", version = "v1", namespaced = true, short = { "svc" },

@@ -1,7 +1,7 @@
 -- scenario.lua (sim.scenario): reads a scenario (a YAML file, YAML text or a Lua table)
 -- into the simulator's settings. The format is the default scenario's
 -- (sim.default_scenario); `extends: default` starts from the default and overrides it
--- (maps merged, `objects`, `traffic` and `faults` appended), so a test can change the
+-- (maps merged, `objects`, `traffic`, `faults` and `exec` appended), so a test can change the
 -- timing alone.
 
 local yaml = require("yaml")
@@ -12,7 +12,7 @@ local scenario = {}
 local KEYS = {
   extends = true, namespace = true, timing = true, warm_start = true, admin_token = true,
   features = true, providers = true, images = true, traffic = true, objects = true, faults = true,
-  events = true, watch_cache = true, name = true, description = true,
+  events = true, watch_cache = true, name = true, description = true, exec = true,
 }
 
 local TIMING = {
@@ -43,7 +43,7 @@ end
 
 local function merge(base, over)
   for k, v in pairs(over) do
-    if k == "objects" or k == "traffic" or k == "faults" then
+    if k == "objects" or k == "traffic" or k == "faults" or k == "exec" then
       local list = {}
       for _, x in ipairs(base[k] or {}) do list[#list + 1] = x end
       for _, x in ipairs(v) do list[#list + 1] = x end
@@ -96,6 +96,7 @@ function scenario.load(spec)
     traffic = doc.traffic or {},
     objects = doc.objects or {},
     faults = doc.faults or {},
+    exec = doc.exec or {},
     events = doc.events or {},
     watch_cache = doc.watch_cache,
     timing = {},

@@ -11,7 +11,8 @@
 -- (sim.api, with discovery, Tables, patches and watches), the Deployment and
 -- ReplicaSet controllers (sim.controller), the kubelet (sim.kubelet), the simulated
 -- applications behind Services (sim.apps), /metrics (sim.metrics) and faults
--- (sim.faults), all driven by one clock task (sim.clock). The scenario (sim.scenario,
+-- (sim.faults), what `kubectl exec` runs (sim.exec), all driven by one clock task
+-- (sim.clock). The scenario (sim.scenario,
 -- default sim.default_scenario) says what the cluster holds and how its images behave.
 
 local http = require("http")
@@ -20,6 +21,7 @@ local apps = require("sim.apps")
 local clock = require("sim.clock")
 local controller = require("sim.controller")
 local events = require("sim.events")
+local execs = require("sim.exec")
 local faults = require("sim.faults")
 local kubelet = require("sim.kubelet")
 local metrics = require("sim.metrics")
@@ -69,6 +71,7 @@ function sim.start(opts)
   s.kubelet = kubelet.new(s)
   s.controller = controller.new(s)
   s.apps = apps.new(s, sc)
+  s.execs = execs.new(s, sc.exec)
   s.faults.on_pod_change = function(f) s.kubelet:refresh(f) end
   s.store.graceful = function(def, obj)
     if def.name ~= "pods" or (s.timing.terminate_after or 0) <= 0 then return nil end
@@ -254,6 +257,21 @@ end
 
 function Sim:list_faults() return self.faults:describe() end
 
+-- ---- exec ----
+
+-- set_exec(rule) -> id: what a command run with `kubectl exec` / k8s.exec does (see
+-- sim.exec): { argv | prefix, pod, labels, container, namespace } to match, and
+-- { stdout, stderr, code } or run = fn(req) or local = true | { command, env, cwd, timeout }.
+-- The newest rule is checked first. Raises on a bad rule.
+function Sim:set_exec(rule)
+  local id, err = self.execs:add(rule)
+  if not id then error("sim: set_exec: " .. err, 2) end
+  return id
+end
+
+-- clear_exec() removes every rule (the scenario's too); clear_exec(id) one. Returns how many.
+function Sim:clear_exec(id) return self.execs:clear(id) end
+
 -- ---- waiting ----
 
 -- Waits until fn() returns a true value (checked after every write to the store and at
@@ -320,6 +338,7 @@ function Sim:state()
     pending = { deferred = deferred, timers = timers }, paused = self.clock.paused,
     controller_syncs = self.controller.syncs, controller_errors = self.clock.errors,
     faults = #self.faults.list, requests_served = self.apps.served,
+    execs = { websocket = self.execs.stats.websocket, refused = self.execs.stats.refused },
   }
 end
 

@@ -1,0 +1,288 @@
+-- ws_spec.lua: the ws module, client and server, on tug's loop in this process: the client
+-- against ws.upgrade inside an http.server handler, TLS through a real nginx that proxies
+-- the WebSocket, the failures a caller must be able to tell apart, and a child tug that
+-- leaves a connection open and still exits at once.
+
+package.path = "spec/support/?.lua;" .. package.path
+local child = require("child")
+local exec = require("exec")
+local http = require("http")
+local task = require("task")
+local time = require("time")
+local ws = require("ws")
+
+-- An echo server: every message back as it came, the request's headers on "headers?",
+-- a close with code 4000 on "bye?". seen.* records what the server saw.
+local function echo_server(protocols)
+  local seen = { closes = {} }
+  local srv = http.server({ port = 0, handler = function(req)
+    local conn, status, message = ws.upgrade(req, { protocols = protocols or { "echo", "chat" } })
+    if not conn then return status, { ["content-type"] = "text/plain" }, message end
+    seen.protocol = conn.protocol
+    seen.path = req.path
+    while true do
+      local data, kind = conn:recv()
+      if not data then
+        seen.closes[#seen.closes + 1] = kind
+        return
+      end
+      if data == "headers?" then
+        conn:send(require("json").encode({ test = req.headers["x-test"], auth = req.headers.authorization }))
+      elseif data == "bye?" then
+        conn:close(4000, "server says bye")
+      else
+        conn:send(data, kind == "binary")
+      end
+    end
+  end })
+  return srv, seen
+end
+
+local function wait_until(fn, seconds)
+  local deadline = time.monotonic() + (seconds or 5)
+  while not fn() do
+    if time.monotonic() > deadline then return false end
+    task.sleep(0.01)
+  end
+  return true
+end
+
+local function err_of(fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert.is_false(ok, "expected an error")
+  return err
+end
+
+describe("ws client and server", function()
+  local srv, seen
+
+  setup(function() srv, seen = echo_server() end)
+  teardown(function() srv:close() end)
+
+  it("negotiates the first offered subprotocol the server has, and echoes text and binary", function()
+    local conn <close> = ws.connect(srv.url .. "/echo?x=1", { protocols = { "nope", "chat", "echo" },
+      headers = { ["X-Test"] = "42", Authorization = "Bearer s3cret" } })
+    assert.are.equal("chat", conn.protocol)
+    assert.are.equal("open", conn.state)
+    assert.is_true(conn:send("hello"))
+    assert.are.same({ "hello", "text" }, { conn:recv() })
+    local bytes = "\0\1\2\255" .. string.rep("\0", 10)
+    conn:send(bytes, true)
+    assert.are.same({ bytes, "binary" }, { conn:recv() })
+    conn:send("headers?")
+    local h = require("json").decode((conn:recv()))
+    assert.are.same({ test = "42", auth = "Bearer s3cret" }, h)
+    assert.are.equal("/echo", seen.path)
+  end)
+
+  it("keeps working when the module is loaded again (busted reloads modules for each file)", function()
+    for _, name in ipairs({ "ws", "ws.core" }) do package.loaded[name] = nil end
+    local again = require("ws")
+    collectgarbage()
+    collectgarbage()
+    local conn <close> = again.connect(srv.url .. "/", { protocols = { "echo" } })
+    conn:send("still here")
+    assert.are.equal("still here", (conn:recv()))
+  end)
+
+  it("moves messages of several megabytes both ways, in order", function()
+    local conn <close> = ws.connect(srv.url .. "/", { protocols = { "echo" } })
+    local big = {}
+    for i = 1, 3 do big[i] = string.rep(string.char(64 + i), 3 * 1024 * 1024 + i) end
+    for i = 1, 3 do conn:send(big[i], true) end
+    for i = 1, 3 do
+      local data = conn:recv()
+      assert.are.equal(#big[i], #data)
+      assert.is_true(data == big[i])
+    end
+  end)
+
+  it("carries close codes and reasons both ways", function()
+    local conn = ws.connect(srv.url .. "/", { protocols = { "echo" } })
+    conn:close(4001, "client leaves")
+    local data, info = conn:recv()
+    assert.is_nil(data)
+    assert.are.equal("closed", conn.state)
+    local c
+    assert.is_true(wait_until(function()
+      for _, x in ipairs(seen.closes) do if x.code == 4001 then c = x end end
+      return c ~= nil
+    end))
+    assert.are.same({ 4001, "client leaves", true }, { c.code, c.reason, c.by_peer })
+    assert.is_false(conn:send("late"))
+
+    conn = ws.connect(srv.url .. "/", { protocols = { "echo" } })
+    conn:send("bye?")
+    data, info = conn:recv()
+    assert.is_nil(data)
+    assert.are.same({ 4000, "server says bye", true }, { info.code, info.reason, info.by_peer })
+  end)
+
+  it("recv with a timeout returns nil, timeout and leaves the connection usable", function()
+    local conn <close> = ws.connect(srv.url .. "/", { protocols = { "echo" } })
+    local t0 = time.monotonic()
+    local data, info = conn:recv(0.2)
+    assert.is_nil(data)
+    assert.are.equal("timeout", info.error)
+    assert.is_true(time.monotonic() - t0 >= 0.19)
+    conn:send("still here")
+    assert.are.equal("still here", (conn:recv(5)))
+  end)
+
+  it("releases a receiving task that is cancelled, and the connection goes on", function()
+    local conn <close> = ws.connect(srv.url .. "/", { protocols = { "echo" } })
+    local ok, err = pcall(task.timeout, 0.1, function() return conn:recv() end)
+    assert.is_false(ok)
+    assert.are.equal("timeout", err.kind)
+    conn:send("after cancel")
+    assert.are.equal("after cancel", (conn:recv(5)))
+  end)
+
+  it("frees every connection once closed", function()
+    for _ = 1, 5 do
+      local conn = ws.connect(srv.url .. "/", { protocols = { "echo" } })
+      conn:send("x")
+      conn:recv()
+      conn:close()
+      conn:recv()
+    end
+    collectgarbage()
+    collectgarbage()
+    assert.is_true(wait_until(function()
+      collectgarbage()
+      return ws.stats().connections <= 2 -- the test's own open ones, if any
+    end), "connections left: " .. ws.stats().connections)
+  end)
+
+  it("refuses a message over max_message and closes with 1009", function()
+    local conn <close> = ws.connect(srv.url .. "/", { protocols = { "echo" }, max_message = 1000 })
+    conn:send(string.rep("y", 2000))
+    local data, info = conn:recv(5)
+    assert.is_nil(data)
+    assert.are.equal("protocol", info.error)
+    assert.matches("larger than max_message", info.message)
+  end)
+end)
+
+describe("ws failures", function()
+  it("raises a connect error naming the address when nothing listens", function()
+    local err = err_of(ws.connect, "ws://127.0.0.1:1/x")
+    assert.are.equal("ws", err.kind)
+    assert.are.equal("connect", err.error)
+    assert.matches("ws://127.0.0.1:1/x: cannot connect to 127.0.0.1:1", err.message, 1, true)
+  end)
+
+  it("reports the server's refusal of the upgrade with its HTTP status", function()
+    local srv = echo_server({ "v5.channel.k8s.io" })
+    local err = err_of(ws.connect, srv.url .. "/", { protocols = { "other" } })
+    assert.are.equal("handshake", err.error)
+    assert.are.equal(400, err.status)
+    -- a server that is no WebSocket server at all
+    local plain = http.server({ port = 0, handler = function() return 200, {}, "plain http\n" end })
+    err = err_of(ws.connect, plain.url .. "/")
+    assert.are.equal("handshake", err.error)
+    assert.are.equal(200, err.status)
+    plain:close()
+    srv:close()
+  end)
+
+  it("answers a request that is no upgrade with 400 from the handler", function()
+    local srv = echo_server()
+    local r = http.get(srv.url .. "/")
+    assert.are.equal(400, r.status)
+    assert.matches("WebSocket upgrade", r.body)
+    srv:close()
+  end)
+
+  it("times out a server that never answers the handshake", function()
+    local stuck = http.server({ port = 0, handler = function() task.sleep(30) end })
+    local t0 = time.monotonic()
+    local err = err_of(ws.connect, stuck.url .. "/", { timeout = 0.3 })
+    assert.are.equal("timeout", err.error)
+    assert.is_true(time.monotonic() - t0 < 3)
+    stuck:close()
+  end)
+
+  it("never shows credentials from the URL", function()
+    local err = err_of(ws.connect, "ws://user:hunter2@127.0.0.1:1/")
+    assert.is_nil(err.message:find("hunter2", 1, true))
+    assert.is_nil(err.message:find("user", 1, true))
+  end)
+
+  it("rejects bad arguments, naming them", function()
+    assert.matches("url must start with ws://", err_of(ws.connect, "ftp://x/"))
+    assert.matches("unknown option 'time_out'", err_of(ws.connect, "ws://x/", { time_out = 1 }))
+    assert.matches("header Upgrade belongs to the handshake", err_of(ws.connect, "ws://x/", { headers = { Upgrade = "x" } }))
+    assert.matches("tls.cert and tls.key go together", err_of(ws.connect, "wss://x/", { tls = { cert = "a" } }))
+    assert.matches("protocols%[1%] is not a valid subprotocol name", err_of(ws.connect, "ws://x/", { protocols = { "a b" } }))
+  end)
+end)
+
+describe("ws over TLS (nginx in front)", function()
+  local nginx = require("nginx")
+  local srv, proxy
+
+  setup(function()
+    srv = echo_server()
+    proxy = nginx.start({ tls = true, locations = ([[
+    location /ws/ {
+      proxy_pass http://127.0.0.1:%d;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection "upgrade";
+    }]]):format(srv.port) })
+  end)
+
+  teardown(function()
+    if proxy then proxy:stop() end
+    srv:close()
+  end)
+
+  local function wss() return (proxy.url:gsub("^https", "wss")) .. "/ws/x" end
+
+  it("connects with the CA as a file and as PEM text", function()
+    local conn = ws.connect(wss(), { protocols = { "echo" }, tls = { ca = proxy.ca } })
+    conn:send("over tls")
+    assert.are.equal("over tls", (conn:recv(5)))
+    conn:close()
+    local f = assert(io.open(proxy.ca))
+    local pem = f:read("a")
+    f:close()
+    conn = ws.connect(wss(), { protocols = { "echo" }, tls = { ca = pem } })
+    assert.are.equal("echo", conn.protocol)
+    conn:close()
+  end)
+
+  it("refuses a server certificate no CA vouches for, unless insecure", function()
+    local err = err_of(ws.connect, wss(), { protocols = { "echo" } })
+    assert.are.equal("tls", err.error)
+    assert.matches("certificate", err.message)
+    local conn = ws.connect(wss(), { protocols = { "echo" }, tls = { insecure = true } })
+    conn:send("insecure")
+    assert.are.equal("insecure", (conn:recv(5)))
+    conn:close()
+  end)
+
+  it("says which CA file it cannot read", function()
+    local err = err_of(ws.connect, wss(), { tls = { ca = "/nonexistent/ca.crt" } })
+    assert.are.equal("tls", err.error)
+    assert.matches("cannot read the CA file /nonexistent/ca.crt", err.message, 1, true)
+  end)
+end)
+
+describe("ws and the end of tug", function()
+  it("lets a tug with an open connection nobody waits on exit at once, cleanly", function()
+    local srv = echo_server()
+    local t0 = time.monotonic()
+    local r = child.lua(([[
+      local conn = ws.connect(%q, { protocols = { "echo" } })
+      conn:send("hi")
+      print(conn:recv())
+    ]]):format(srv.url .. "/"), { timeout = 20 })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.are.equal("hi\ttext\n", r.stdout)
+    assert.are.equal("", r.stderr)
+    assert.is_true(time.monotonic() - t0 < 10)
+    srv:close()
+  end)
+end)
