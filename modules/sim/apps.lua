@@ -5,7 +5,9 @@
 -- splits by pod count the way kube-proxy splits it; the pod's image version decides
 -- how the request goes (sim.faults: health status, error rate, latency). No endpoint:
 -- 503. The Multiship API model answers the endpoints of the deployment guide (health,
--- detailed health, database, providers, orders, the feature-flag admin API); other
+-- detailed health, database, providers, orders, the feature-flag admin API); orders go
+-- through the shipping providers whose flag provider-NAME-enabled is not off, so a
+-- provider that is down fails its share of them until its flag is switched off; other
 -- images get a generic model. Every request is counted in /metrics and logged in the
 -- serving pod's container log. `traffic` in the scenario adds background requests
 -- (counted, not sent) so that metrics move without a load generator.
@@ -32,6 +34,7 @@ function apps.new(sim, scenario)
     initial_features = scenario.features or {},
     providers = scenario.providers or {},
     admin_token = scenario.admin_token or "sim-admin-token",
+    started_at = util.timestamp(), -- when the scenario's flags were set
     traffic = scenario.traffic or {},
     served = 0,
   }, A)
@@ -116,7 +119,7 @@ function A:flags(ns)
   if not f then
     f = {}
     for name, enabled in pairs(self.initial_features) do
-      f[name] = { enabled = enabled == true, updated_at = util.timestamp(), evaluations = 0 }
+      f[name] = { enabled = enabled == true, updated_at = self.started_at, evaluations = 0 }
     end
     self.features[ns] = f
   end
@@ -127,6 +130,27 @@ function A:provider_status(name)
   local fault = self.sim.faults:provider(name)
   if fault then return fault end
   return self.providers[name] or "healthy"
+end
+
+-- Whether orders go to a provider: its flag provider-NAME-enabled, on unless switched off.
+function A:provider_enabled(ns, name)
+  local f = self:flags(ns)["provider-" .. name .. "-enabled"]
+  return not (f and f.enabled == false)
+end
+
+-- The provider an order request fails on, or nil: orders spread over the enabled
+-- providers, so one that is down fails its share of them; with none enabled, all fail.
+function A:provider_failure(ns)
+  local enabled, down = 0, {}
+  for _, name in ipairs(PROVIDERS) do
+    if self:provider_enabled(ns, name) then
+      enabled = enabled + 1
+      if self:provider_status(name) == "down" then down[#down + 1] = name end
+    end
+  end
+  if enabled == 0 then return "none" end
+  if #down > 0 and math.random() < #down / enabled then return down[math.random(#down)] end
+  return nil
 end
 
 local function reply(status, body, extra)
@@ -166,12 +190,13 @@ function A:multiship(ctx)
   local providers, any_down, any_degraded = {}, false, false
   for _, name in ipairs(PROVIDERS) do
     local st = self:provider_status(name)
-    local p = { status = st, latency_ms = BASE_LATENCY_MS[name] + math.random(0, 40) }
+    local enabled = self:provider_enabled(ctx.ns, name)
+    local p = { status = st, enabled = enabled, latency_ms = BASE_LATENCY_MS[name] + math.random(0, 40) }
     if st == "down" then
-      any_down = true
+      any_down = any_down or enabled
       p.latency_ms, p.error = nil, name .. " API unreachable: connect timeout"
     elseif st == "degraded" then
-      any_degraded = true
+      any_degraded = any_degraded or enabled
       p.latency_ms = p.latency_ms * 8
     end
     providers[name] = p
@@ -238,6 +263,13 @@ function A:multiship(ctx)
   if path:match("^/api/") and math.random() < b.error_rate then
     return reply(500, { error = "internal_error", message = "unexpected error processing request", version = version })
   end
+  local failed = path:match("^/api/orders") and self:provider_failure(ctx.ns)
+  if failed == "none" then
+    return reply(503, { error = "no_provider", message = "every shipping provider is switched off", version = version })
+  elseif failed then
+    return reply(502, { error = "provider_error", provider = failed, message = failed .. " API unreachable: connect timeout",
+      version = version })
+  end
   if path == "/api/orders" and method == "GET" then
     return reply(200, { orders = SAMPLE_ORDERS, total = #SAMPLE_ORDERS, page = 1, version = version })
   end
@@ -281,7 +313,7 @@ function A:serve(ns, name, path, req)
   end
   local pod = pods[math.random(#pods)]
   local version, image = version_of(pod)
-  local b = self.sim.faults:behaviour(image, ns .. "/" .. name)
+  local b = self.sim.faults:behaviour(image, ns .. "/" .. name, self:flags(ns))
   local started = util.parse_time(pod.status and pod.status.startTime) or t0
   local ctx = {
     ns = ns, service = name, path = path, method = req.method, req = req, pod = pod,
@@ -323,12 +355,15 @@ function A:tick(carry)
       else
         local pod = pods[math.random(#pods)]
         local version, image = version_of(pod)
-        local b = self.sim.faults:behaviour(image, ns .. "/" .. t.service)
+        local b = self.sim.faults:behaviour(image, ns .. "/" .. t.service, self:flags(ns))
         local code = 200
         if is_health(route) then
           code = b.health
         elseif math.random() < b.error_rate then
           code = 500
+        elseif route:match("^/api/orders") then
+          local failed = self:provider_failure(ns)
+          if failed then code = failed == "none" and 503 or 502 end
         end
         self.sim.metrics:observe(ns, t.service, version, route, "GET", code, sample_latency(b))
       end

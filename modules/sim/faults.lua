@@ -18,6 +18,8 @@
 --
 -- Every fault may carry `image` (a repository; default any), `count` (fires that many
 -- times, then clears itself; API faults) and `duration` (clears itself after that).
+-- unhealthy, error_rate and latency may carry `feature`: they act only while that
+-- feature flag is on (a bad feature, which switching the flag off cures).
 -- Each gets an id ("f1", ...) by which it can be removed.
 
 local util = require("sim.util")
@@ -34,6 +36,8 @@ faults.TYPES = TYPES
 
 -- Types whose change the kubelet must apply to running pods.
 local POD_TYPES = { crash_loop = true, never_ready = true, pull_error = true }
+-- Types that may be tied to a feature flag (the application sees its flags).
+local FEATURE_TYPES = { unhealthy = true, error_rate = true, latency = true }
 
 local DEFAULT_BEHAVIOUR = {
   health = 200, error_rate = 0, latency = { p50 = 0.005, p95 = 0.02 },
@@ -98,14 +102,16 @@ local function matches_version(fault, repo, tag)
 end
 
 -- The behaviour of image (a "repo:tag" reference) now, faults applied. service (a
--- "namespace/name") narrows error_rate and latency faults that name one.
-function Faults:behaviour(image, service)
+-- "namespace/name") narrows error_rate and latency faults that name one; flags (the
+-- namespace's feature flags, name -> { enabled }) decide the faults tied to a feature.
+function Faults:behaviour(image, service, flags)
   local repo, tag = util.split_image(image)
   local img = self.images[repo]
   local base = img and (img.versions[tag] or img.default) or DEFAULT_BEHAVIOUR
   local b
   for _, fault in ipairs(self.list) do
-    if matches_version(fault, repo, tag) then
+    local flag = fault.feature and flags and flags[fault.feature]
+    if matches_version(fault, repo, tag) and (fault.feature == nil or (flag and flag.enabled)) then
       b = b or setmetatable({}, { __index = base })
       local t = fault.type
       if t == "unhealthy" then
@@ -156,6 +162,9 @@ local function check(spec)
   end
   if (f.type == "unhealthy" or POD_TYPES[f.type]) and f.version == nil and f.image == nil then
     return nil, f.type .. " needs a version (an image tag) or an image"
+  end
+  if f.feature ~= nil and (type(f.feature) ~= "string" or not FEATURE_TYPES[f.type]) then
+    return nil, "feature (a flag name) goes with unhealthy, error_rate and latency faults"
   end
   if f.type == "provider_down" and type(f.provider) ~= "string" then
     return nil, "provider_down needs provider (easypost, shippo or veeqo)"
