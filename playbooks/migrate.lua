@@ -60,33 +60,27 @@ return playbook {
     step "apply the pending migrations under the migration lock" {
       when = function(ctx) return #ctx.state.before.pending > 0 end,
       run = function(ctx)
-        database.with_migration_lock(ctx, ctx.params.lock_timeout, function()
-          local ok, err = pcall(database.run_command, ctx, "migrate", nil, ctx.params.migrate_timeout)
-          if ok then return end
-          if database.cancelled(err) then error(err, 0) end
-          -- the database says which migration failed and why
-          local conn <close> = database.connect(ctx)
-          local failed = database.failure_of(database.status(conn, ctx.env))
-          local message = failed and string.format("migration %s failed: %s", failed.name,
-            (failed.logs or "no log"):match("[^\n]*")) or tostring(type(err) == "table" and err.message or err)
-          database.fail_after_backup(ctx, "the migration", message, ctx.state.backup, ctx.state.before)
-        end)
+        database.run_under_lock(ctx, "migrate", nil, { lock_timeout = ctx.params.lock_timeout,
+          timeout = ctx.params.migrate_timeout, what = "the migration",
+          explain = function(err)
+            -- the database says which migration failed and why
+            local conn <close> = database.connect(ctx)
+            local failed = database.failure_of(database.status(conn, ctx.env))
+            return failed and string.format("migration %s failed: %s", failed.name,
+              (failed.logs or "no log"):match("[^\n]*")) or tostring(type(err) == "table" and err.message or err)
+          end })
       end,
     },
 
     step "verify the migrations and the database's health" {
       read_only = true,
       run = function(ctx)
-        if ctx.plan then return end
-        local conn <close> = database.connect(ctx)
-        local s = database.status(conn, ctx.env)
-        ctx.state.after = { latest = s.latest, applied = s.applied }
-        ctx.state.applied = pg.migrations.diff({ applied = ctx.state.before.applied }, s).applied
-        local failed = database.failure_of(s)
-        if failed then error("migration " .. failed.name .. " failed: " .. (failed.logs or "no log"):match("[^\n]*"), 0) end
-        if #s.pending > 0 then error("not applied: " .. table.concat(s.pending, ", "), 0) end
-        local url = database.check_api(ctx, ctx.params.verify_within)
-        ctx.log.info(string.format("the database is %s; %s answers healthy", database.describe(s), url))
+        database.verify(ctx, ctx.params.verify_within, function(s)
+          ctx.state.applied = pg.migrations.diff({ applied = ctx.state.before.applied }, s).applied
+          local failed = database.failure_of(s)
+          if failed then error("migration " .. failed.name .. " failed: " .. (failed.logs or "no log"):match("[^\n]*"), 0) end
+          if #s.pending > 0 then error("not applied: " .. table.concat(s.pending, ", "), 0) end
+        end)
       end,
     },
   },

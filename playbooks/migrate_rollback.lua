@@ -139,30 +139,21 @@ return playbook {
       when = function(ctx) return #ctx.state.undo > 0 end,
       run = function(ctx)
         local target = ctx.state.target
-        database.with_migration_lock(ctx, ctx.params.lock_timeout, function()
-          local ok, err = pcall(database.run_command, ctx, "rollback",
-            { version = target, timestamp = target:match("^%d+") }, ctx.params.rollback_timeout)
-          if ok then return end
-          if database.cancelled(err) then error(err, 0) end
-          database.fail_after_backup(ctx, "the rollback to " .. target,
-            tostring(type(err) == "table" and err.message or err), ctx.state.backup, ctx.state.before)
-        end)
+        database.run_under_lock(ctx, "rollback", { version = target, timestamp = target:match("^%d+") },
+          { lock_timeout = ctx.params.lock_timeout, timeout = ctx.params.rollback_timeout,
+            what = "the rollback to " .. target })
       end,
     },
 
     step "verify the database is at the target version" {
       read_only = true,
       run = function(ctx)
-        if ctx.plan then return end
-        local conn <close> = database.connect(ctx)
-        local s = database.status(conn, ctx.env)
-        ctx.state.after = { latest = s.latest, applied = s.applied }
-        if #s.failed > 0 then error("failed migrations: " .. table.concat(s.failed, ", "), 0) end
-        if s.latest ~= ctx.state.target then
-          error(string.format("the database is at %s, not %s", tostring(s.latest), ctx.state.target), 0)
-        end
-        local url = database.check_api(ctx, ctx.params.verify_within)
-        ctx.log.info(string.format("the database is %s; %s answers healthy", database.describe(s), url))
+        database.verify(ctx, ctx.params.verify_within, function(s)
+          if #s.failed > 0 then error("failed migrations: " .. table.concat(s.failed, ", "), 0) end
+          if s.latest ~= ctx.state.target then
+            error(string.format("the database is at %s, not %s", tostring(s.latest), ctx.state.target), 0)
+          end
+        end)
       end,
     },
   },

@@ -5,6 +5,7 @@
 -- prints the checklist (✓ ✗ ? and why) and the verdict; the run fails when any item is not
 -- a ✓. It changes nothing: every step only reads.
 local checklist = require("preflight")
+local database = require("database")
 
 local function why(err)
   if type(err) == "table" then return tostring(err.message or err) end
@@ -144,8 +145,10 @@ return playbook {
           return cannot_tell(ctx, { "pending_migrations" }, "the " .. ctx.env.name .. " environment has no database_url")
         end
         local dir = ctx.params.repo .. "/" .. db.migrations
-        local names, problem = checklist.migration_names(dir)
-        if not names then return set(ctx, "pending_migrations", "fail", problem .. " (database.migrations)") end
+        local names = database.migrations_in(dir)
+        if not names then
+          return set(ctx, "pending_migrations", "fail", string.format("no migrations directory %s (database.migrations)", dir))
+        end
         local ok, m = pcall(function()
           local conn <close> = pg.connect(ctx.env.database_url, { timeout = "10s" })
           return pg.migrations.prisma(conn, { expected = names })

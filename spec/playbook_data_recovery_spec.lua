@@ -7,6 +7,8 @@ local harness = require("playbook_harness")
 local postgres = require("postgres")
 local child = require("child")
 local project = require("project")
+local db = require("database_playbooks")
+local runs = require("playbook_runs")
 
 local CLEAN = "sim-20240501T090000Z-nightly.dump"   -- before the damage
 local DAMAGED = "sim-20240501T110000Z-hourly.dump"  -- after it
@@ -31,15 +33,8 @@ describe("data-recovery on PostgreSQL", function()
     if template then exec.run({ "rm", "-rf", template.dir }) end
   end)
 
-  local function sql(statement, ...)
-    local conn <close> = pg.connect(url)
-    return conn:query(statement, ...)
-  end
-
-  local function value(statement, ...)
-    local conn <close> = pg.connect(url)
-    return conn:value(statement, ...)
-  end
+  local function sql(...) return db.query(url, ...) end
+  local function value(...) return db.value(url, ...) end
 
   -- a backup as the database playbooks make them: custom format, FILE.sha256 beside it
   local function backup(dir, name)
@@ -115,36 +110,20 @@ database:
 
   local function negative() return value("SELECT count(*) FROM orders WHERE total < 0") end
 
-  local function state_of(r, step)
-    for _, e in ipairs(h:events(r, "step_end")) do
-      if e.name == step then return e.state end
-    end
-  end
-
-  local function logs(r)
-    local out = {}
-    for _, e in ipairs(h:events(r, "log")) do out[#out + 1] = e.message end
-    return table.concat(out, "\n")
-  end
-
-  local function backups()
-    local out = {}
-    for _, e in ipairs(tug.sys.listdir(h.dir .. "/backups") or {}) do
-      if e.name:match("%.dump$") then out[#out + 1] = e.name end
-    end
-    table.sort(out)
-    return out
-  end
+  local function state_of(r, step) return db.state_of(h, r, step) end
+  local function logs(r) return db.logs(h, r) end
+  local function backups() return db.backups(h.dir .. "/backups") end
 
   local RECOVER = { "run", "data-recovery", "--no-step", "--yes", "i_understand_data_loss=true",
     "tables=orders,shipments", "since=" .. SINCE }
 
-  local function recover(extra)
+  local function recover_args(extra)
     local args = {}
     for _, a in ipairs(RECOVER) do args[#args + 1] = a end
     for _, a in ipairs(extra or {}) do args[#args + 1] = a end
-    return h:tug(args)
+    return args
   end
+  local function recover(extra) return h:tug(recover_args(extra)) end
 
   it("stops writes, assesses, restores the newest clean backup, verifies and resumes writes", function()
     local r = recover()
@@ -275,31 +254,15 @@ database:
   it("resumes a recovery killed with -9 while it verifies: the data stays restored and writes resume", function()
     write_env("")
     local slow = "SELECT bool_and(total >= 0) AS no_negative_totals, pg_sleep(1) IS NOT NULL AS slow FROM orders"
-    local argv = { child.tug }
-    for _, a in ipairs(RECOVER) do argv[#argv + 1] = a end
-    for _, a in ipairs({ "integrity_query=" .. slow, "--env", "sim", "--playbooks", harness.ROOT .. "/playbooks",
-      "--output", "json" }) do argv[#argv + 1] = a end
-    local env = { CI = "true", TUG_ENVIRONMENTS = h.dir .. "/environments", TUG_HOME = h.dir .. "/.tug",
-      GITHUB_ACTIONS = false }
-    local proc = exec.spawn(argv, { env = env, lines = true })
-    local run_id
-    assert.is_true(project.wait_for(function()
-      local lines = proc:next_lines()
-      for _, l in ipairs(lines or {}) do
-        local ok, e = pcall(json.decode, l.line)
-        if ok and e.event == "run_start" then run_id = e.run_id end
-        if ok and e.event == "step_start" and e.name == "verify integrity" then return true end
-      end
-      return lines == nil
-    end, 30))
-    proc:kill("KILL")
-    proc:wait()
+    local run_id = runs.kill_when(h, recover_args({ "integrity_query=" .. slow }),
+      function(e) return e.event == "step_start" and e.name == "verify integrity" end)
     assert.is_truthy(run_id)
     assert.is_true(flag())
     assert.are.equal(0, negative())
     local r = exec.run({ child.tug, "resume", run_id, "--no-step", "--yes", "--playbooks", harness.ROOT .. "/playbooks",
       "--output", "json" },
-      { env = env, timeout = 60 })
+      { env = { CI = "true", TUG_ENVIRONMENTS = h.dir .. "/environments", TUG_HOME = h.dir .. "/.tug",
+        GITHUB_ACTIONS = false }, timeout = 60 })
     assert.are.equal(0, r.code, r.stdout .. r.stderr)
     assert.are.equal("succeeded", h:run_end(r).status)
     assert.is_false(flag())
@@ -310,13 +273,7 @@ database:
   it("on a terminal asks before every step and records each answer as a decision", function()
     local socket = "tug-recovery-spec"
     finally(function() exec.run({ "tmux", "-L", socket, "kill-server" }) end)
-    local command = table.concat({ child.tug, "run", "data-recovery", "--env", "sim", "--playbooks",
-      harness.ROOT .. "/playbooks", "--output", "plain" }, " ") .. "; echo EXIT=$?; sleep 60"
-    exec.run({ "tmux", "-L", socket, "new-session", "-d", "-x", "220", "-y", "60", "-e", "CI=", "-e", "GITHUB_ACTIONS=",
-      "-e", "TUG_ENVIRONMENTS=" .. h.dir .. "/environments", "-e", "TUG_HOME=" .. h.dir .. "/.tug", command },
-      { check = true })
-    local function screen() return exec.run({ "tmux", "-L", socket, "capture-pane", "-p", "-J", "-S", "-200" }).stdout end
-    local function keys(...) exec.run({ "tmux", "-L", socket, "send-keys", ... }, { check = true }) end
+    local screen, keys = db.terminal(h, socket, { "run", "data-recovery" })
     local seen = 0
     -- waits for text that appears after everything seen so far
     local function expect(text)
@@ -369,13 +326,7 @@ database:
   it("on a terminal, aborting after writes stopped asks whether to resume them", function()
     local socket = "tug-recovery-spec"
     finally(function() exec.run({ "tmux", "-L", socket, "kill-server" }) end)
-    local command = table.concat({ child.tug, "run", "data-recovery", "--env", "sim", "--playbooks",
-      harness.ROOT .. "/playbooks", "--output", "plain" }, " ") .. "; echo EXIT=$?; sleep 60"
-    exec.run({ "tmux", "-L", socket, "new-session", "-d", "-x", "220", "-y", "60", "-e", "CI=", "-e", "GITHUB_ACTIONS=",
-      "-e", "TUG_ENVIRONMENTS=" .. h.dir .. "/environments", "-e", "TUG_HOME=" .. h.dir .. "/.tug", command },
-      { check = true })
-    local function screen() return exec.run({ "tmux", "-L", socket, "capture-pane", "-p", "-J", "-S", "-200" }).stdout end
-    local function keys(...) exec.run({ "tmux", "-L", socket, "send-keys", ... }, { check = true }) end
+    local screen, keys = db.terminal(h, socket, { "run", "data-recovery" })
     local function expect(text)
       assert.is_true(project.wait_for(function() return screen():find(text, 1, true) end),
         "waiting for " .. text .. " in:\n" .. screen())

@@ -7,6 +7,7 @@ local harness = require("playbook_harness")
 local postgres = require("postgres")
 local child = require("child")
 local project = require("project")
+local db = require("database_playbooks")
 
 local INIT = "20240101120000_init"
 local SHIPMENTS = "20240115093000_add_shipments"
@@ -63,15 +64,8 @@ database:
     return pg.migrations.prisma(conn)
   end
 
-  local function sql(statement, ...)
-    local conn <close> = pg.connect(url)
-    return conn:query(statement, ...)
-  end
-
-  local function value(statement, ...)
-    local conn <close> = pg.connect(url)
-    return conn:value(statement, ...)
-  end
+  local function sql(...) return db.query(url, ...) end
+  local function value(...) return db.value(url, ...) end
 
   local function add_migration(name, up, down)
     exec.run({ "mkdir", "-p", dir .. "/" .. name }, { check = true })
@@ -85,26 +79,19 @@ database:
     end
   end
 
-  local function backups()
-    local out = {}
-    for _, e in ipairs(tug.sys.listdir(h.dir .. "/backups") or {}) do
-      if e.name:match("%.dump$") then out[#out + 1] = e.name end
-    end
-    table.sort(out)
-    return out
+  -- The database at INIT (the later migrations undone and forgotten), and a new migration
+  -- after them that fails half-way: it creates labels, then alters a table nothing creates.
+  local function at_init_with_a_failing_migration()
+    migrator("deploy")
+    sql([[DELETE FROM _prisma_migrations WHERE migration_name <> $1]], INIT)
+    sql([[DROP TABLE shipments; ALTER TABLE users DROP COLUMN preferences]])
+    add_migration("20240301000000_add_labels", [[CREATE TABLE "labels" ("id" SERIAL PRIMARY KEY);
+ALTER TABLE "parcels" ADD COLUMN "label_id" INTEGER;]])
   end
 
-  local function state_of(r, step)
-    for _, e in ipairs(h:events(r, "step_end")) do
-      if e.name == step then return e.state end
-    end
-  end
-
-  local function logs(r)
-    local out = {}
-    for _, e in ipairs(h:events(r, "log")) do out[#out + 1] = e.message end
-    return table.concat(out, "\n")
-  end
+  local function backups() return db.backups(h.dir .. "/backups") end
+  local function state_of(r, step) return db.state_of(h, r, step) end
+  local function logs(r) return db.logs(h, r) end
 
   -- Starts tug in the background (for kill -9); returns the process.
   local function spawn(args)
@@ -128,6 +115,19 @@ database:
     local entries = tug.sys.listdir(h.dir .. "/.tug/runs") or {}
     assert.are.equal(1, #entries)
     return entries[1].name:match("^(.*)%.jsonl$")
+  end
+
+  -- Starts tug ARGS, kills it with -9 once query counts 1 (the run is mid-way), and
+  -- returns what `tug resume` of the run did.
+  local function kill_then_resume(args, query)
+    local proc = spawn(args)
+    assert.is_true(project.wait_for(function()
+      local ok, n = pcall(value, query)
+      return ok and n == 1
+    end, 20))
+    proc:kill("KILL")
+    proc:wait()
+    return resume(run_id())
   end
 
   it("migrate backs up, applies the pending migrations in order and verifies; a second run has nothing to do", function()
@@ -162,11 +162,7 @@ database:
   end)
 
   it("migrate stops at a failing migration, which stays failed as with Prisma, and refuses to go on until it is resolved", function()
-    migrator("deploy")
-    sql([[DELETE FROM _prisma_migrations WHERE migration_name <> $1]], INIT)
-    sql([[DROP TABLE shipments; ALTER TABLE users DROP COLUMN preferences]])
-    add_migration("20240301000000_add_labels", [[CREATE TABLE "labels" ("id" SERIAL PRIMARY KEY);
-ALTER TABLE "parcels" ADD COLUMN "label_id" INTEGER;]])
+    at_init_with_a_failing_migration()
     local r = h:tug({ "run", "migrate", "--yes" })
     assert.are.equal(1, r.code, r.stdout .. r.stderr)
     local e = h:run_end(r)
@@ -186,12 +182,8 @@ ALTER TABLE "parcels" ADD COLUMN "label_id" INTEGER;]])
   end)
 
   it("migrate with restore_on_failure=true restores the backup after a failed migration: the database is back where it was", function()
-    migrator("deploy")
-    sql([[DELETE FROM _prisma_migrations WHERE migration_name <> $1]], INIT)
-    sql([[DROP TABLE shipments; ALTER TABLE users DROP COLUMN preferences]])
+    at_init_with_a_failing_migration()
     sql([[INSERT INTO users (email) VALUES ('ops@multiship.com')]])
-    add_migration("20240301000000_add_labels", [[CREATE TABLE "labels" ("id" SERIAL PRIMARY KEY);
-ALTER TABLE "parcels" ADD COLUMN "label_id" INTEGER;]])
     local r = h:tug({ "run", "migrate", "--yes", "restore_on_failure=true" })
     assert.are.equal(1, r.code, r.stdout .. r.stderr)
     assert.matches("restored .*before%-migrate.*: the database is back at " .. INIT, h:run_end(r).reason)
@@ -253,15 +245,8 @@ ALTER TABLE "parcels" ADD COLUMN "label_id" INTEGER;]])
   it("resumes a migrate killed with -9 while the migrator runs: every migration ends applied", function()
     add_migration("20240301000000_backfill", [[SELECT pg_sleep(2);
 CREATE TABLE "backfill_marks" ("id" SERIAL PRIMARY KEY);]])
-    local proc = spawn({ "run", "migrate" })
-    assert.is_true(project.wait_for(function()
-      local ok, n = pcall(value, [[SELECT count(*) FROM _prisma_migrations
-        WHERE migration_name = '20240301000000_backfill' AND finished_at IS NULL]])
-      return ok and n == 1
-    end, 20))
-    proc:kill("KILL")
-    proc:wait()
-    local r = resume(run_id())
+    local r = kill_then_resume({ "run", "migrate" }, [[SELECT count(*) FROM _prisma_migrations
+      WHERE migration_name = '20240301000000_backfill' AND finished_at IS NULL]])
     assert.are.equal(0, r.code, r.stdout .. r.stderr)
     assert.are.equal("succeeded", h:run_end(r).status)
     local s = status()
@@ -396,15 +381,9 @@ database:
       local f = assert(io.open(dir .. "/" .. PREFERENCES .. "/down.sql", "w"))
       f:write('SELECT pg_sleep(2);\nALTER TABLE "users" DROP COLUMN "preferences";\n')
       f:close()
-      local proc = spawn({ "run", "migrate-rollback", "to_version=" .. INIT, "--yes", "i_understand_data_loss=true" })
-      assert.is_true(project.wait_for(function()
-        local ok, n = pcall(value, [[SELECT count(*) FROM pg_stat_activity
+      local r = kill_then_resume({ "run", "migrate-rollback", "to_version=" .. INIT, "--yes",
+        "i_understand_data_loss=true" }, [[SELECT count(*) FROM pg_stat_activity
           WHERE application_name = 'multiship-migrate' AND query LIKE '%pg_sleep%']])
-        return ok and n == 1
-      end, 20))
-      proc:kill("KILL")
-      proc:wait()
-      local r = resume(run_id())
       assert.are.equal(0, r.code, r.stdout .. r.stderr)
       local s = status()
       assert.are.equal(INIT, s.latest)
@@ -416,18 +395,7 @@ database:
       local socket = "tug-migrate-spec"
       finally(function() exec.run({ "tmux", "-L", socket, "kill-server" }) end)
       local function terminal()
-        local command = table.concat({ child.tug, "run", "migrate-rollback", "to_version=" .. INIT, "--env", "sim",
-          "--playbooks", harness.ROOT .. "/playbooks", "--output", "plain" }, " ") .. "; echo EXIT=$?; sleep 60"
-        exec.run({ "tmux", "-L", socket, "kill-server" })
-        exec.run({ "tmux", "-L", socket, "new-session", "-d", "-x", "200", "-y", "50",
-          "-e", "CI=", "-e", "GITHUB_ACTIONS=", "-e", "TUG_ENVIRONMENTS=" .. h.dir .. "/environments",
-          "-e", "TUG_HOME=" .. h.dir .. "/.tug", command }, { check = true })
-        local function screen()
-          return exec.run({ "tmux", "-L", socket, "capture-pane", "-p", "-J" }).stdout
-        end
-        local function keys(...)
-          exec.run({ "tmux", "-L", socket, "send-keys", ... }, { check = true })
-        end
+        local screen, keys = db.terminal(h, socket, { "run", "migrate-rollback", "to_version=" .. INIT })
         assert.is_true(project.wait_for(function()
           return screen():find("Type the environment's name (sim) to go ahead:", 1, true)
         end), screen())

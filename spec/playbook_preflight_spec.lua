@@ -7,6 +7,7 @@ package.path = "spec/support/?.lua;" .. package.path
 local harness = require("playbook_harness")
 local postgres = require("postgres")
 local aws_fixture = require("aws_fixture")
+local fixture = require("fixture")
 
 local HUMAN = { "tests", "lint", "dependencies", "api_docs", "migration_guide", "runbooks", "migrations_tested",
   "backup_strategy", "rollback_plan", "data_migrations", "infrastructure_tested", "resource_limits",
@@ -91,11 +92,7 @@ staging_url: %s/svc/multiship/api/
     return items
   end
 
-  local function write(path, text)
-    local f = assert(io.open(path, "wb"))
-    f:write(text)
-    f:close()
-  end
+  local write = fixture.write
 
   it("passes when every check passes and people confirmed the rest, and prints the checklist", function()
     local summary = dir .. "/summary.md"

@@ -5,6 +5,7 @@
 -- it was.
 package.path = "spec/support/?.lua;" .. package.path
 local project = require("project")
+local fixture = require("fixture")
 
 -- No ~/.gitconfig or /etc/gitconfig (signing, hooks paths, default branch) can change what
 -- these repositories do; each sets its own user.
@@ -38,16 +39,10 @@ describe("the release playbook", function()
   local function remote_refs()
     return sh({ "git", "ls-remote", origin })
   end
-  local function write(path, text)
-    local f = assert(io.open(path, "wb"))
-    f:write(text)
-    f:close()
-  end
+  local write = fixture.write
   local function read(path)
-    local f = assert(io.open(path, "rb"))
-    local text = f:read("a")
-    f:close()
-    return text
+    local f <close> = assert(io.open(path, "rb"))
+    return f:read("a")
   end
   local function hook(repo_git_dir, name, script)
     local path = repo_git_dir .. "/hooks/" .. name

@@ -38,11 +38,8 @@ local function fail(code, message)
 end
 
 local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local text = f:read("a")
-  f:close()
-  return text
+  local f <close> = io.open(path, "rb")
+  return f and f:read("a")
 end
 
 -- ---- arguments ----

@@ -55,27 +55,33 @@ end
 
 -- ---- migrations ----
 
+-- A file's contents, or nil when it cannot be read.
 local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local text = f:read("a")
-  f:close()
-  return text
+  local f <close> = io.open(path, "rb")
+  return f and f:read("a")
 end
 M.read_file = read_file
 
--- The names of the migrations in the repository, in order (a directory with a migration.sql).
-function M.migration_names(env)
-  local dir = M.config(env).migrations
+-- The Prisma migrations in dir (each a directory holding a migration.sql), in name order,
+-- which is the order of their timestamps; nil and why when dir is not a directory.
+function M.migrations_in(dir)
   local entries, err = tug.sys.listdir(dir)
-  if not entries then
-    error(string.format("%s: %s is not a directory (%s)", where(env, "migrations"), dir, tostring(err)), 0)
-  end
+  if not entries then return nil, tostring(err) end
   local names = {}
   for _, e in ipairs(entries) do
     if e.type == "dir" and read_file(dir .. "/" .. e.name .. "/migration.sql") then names[#names + 1] = e.name end
   end
   table.sort(names)
+  return names
+end
+
+-- The names of the environment's migrations (database.migrations), in order.
+function M.migration_names(env)
+  local dir = M.config(env).migrations
+  local names, err = M.migrations_in(dir)
+  if not names then
+    error(string.format("%s: %s is not a directory (%s)", where(env, "migrations"), dir, err), 0)
+  end
   return names
 end
 
@@ -371,6 +377,34 @@ function M.fail_after_backup(ctx, what, err, backup, before)
   end
   error(string.format("%s; the database was left as it is (to restore the backup taken before: " ..
     "tug run data-recovery --env %s backup=%s scope=full)", message, ctx.env.name, backup.file), 0)
+end
+
+-- Runs the migrator or the rollback command (run_command's which and vars) under the
+-- migration lock. When it fails, explain(err) may say why better than its error does (the
+-- database knows which migration failed); fail_after_backup then decides about the backup
+-- the run took (ctx.state.backup). opts: lock_timeout, timeout, what (for the question),
+-- explain.
+function M.run_under_lock(ctx, which, vars, opts)
+  M.with_migration_lock(ctx, opts.lock_timeout, function()
+    local ok, err = pcall(M.run_command, ctx, which, vars, opts.timeout)
+    if ok then return end
+    if cancelled(err) then error(err, 0) end
+    M.fail_after_backup(ctx, opts.what, opts.explain and opts.explain(err) or err, ctx.state.backup,
+      ctx.state.before)
+  end)
+end
+
+-- A migrator's run verified: the database's migrations now (kept in ctx.state.after),
+-- check(status) raising when they are not what the run meant, then the API's view of the
+-- database. Nothing to verify in a plan.
+function M.verify(ctx, within, check)
+  if ctx.plan then return end
+  local conn <close> = M.connect(ctx)
+  local s = M.status(conn, ctx.env)
+  ctx.state.after = { latest = s.latest, applied = s.applied }
+  check(s)
+  local url = M.check_api(ctx, within)
+  ctx.log.info(string.format("the database is %s; %s answers healthy", M.describe(s), url))
 end
 
 -- ---- destructive steps ----

@@ -1,7 +1,8 @@
 -- preflight.lua: the seed's pre-deployment checklist as data, and the readers the preflight
--- playbook's checks use: coverage reports (istanbul json-summary, lcov), release notes
--- (a CHANGELOG section or a file of their own) and the Prisma migrations of a repository.
--- Each reader returns plain values; the playbook decides what passes.
+-- playbook's checks use: coverage reports (istanbul json-summary, lcov) and release notes
+-- (a CHANGELOG section or a file of their own); the repository's Prisma migrations are
+-- database.migrations_in's. Each reader returns plain values; the playbook decides what passes.
+local read_file = require("database").read_file
 
 local M = {}
 
@@ -61,15 +62,6 @@ function M.text(item, values)
 end
 
 M.MARK = { pass = "✓", fail = "✗", unknown = "?" }
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local text = f:read("a")
-  f:close()
-  return text
-end
-M.read_file = read_file
 
 -- ---- coverage ----
 
@@ -171,24 +163,6 @@ function M.release_notes(repo, version, given)
   end
   return nil, string.format("no release notes for %s: %s %s no section for it", version, table.concat(looked, " and "),
     #looked == 1 and "has" or "have")
-end
-
--- ---- migrations ----
-
--- The Prisma migration names in a migrations directory (each a directory holding
--- migration.sql), sorted; nil and why when the directory is not there.
-function M.migration_names(dir)
-  local r = exec.run({ "find", dir, "-mindepth", "2", "-maxdepth", "2", "-name", "migration.sql" },
-    { read_only = true, timeout = "30s" })
-  if r.code ~= 0 then
-    return nil, string.format("no migrations directory %s", dir)
-  end
-  local names = {}
-  for path in r.stdout:gmatch("[^\n]+") do
-    names[#names + 1] = path:match("([^/]+)/migration%.sql$")
-  end
-  table.sort(names)
-  return names
 end
 
 return M
