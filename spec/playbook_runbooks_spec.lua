@@ -69,8 +69,10 @@ images:
       v2.2.0: { error_rate: 0.0001 }
 ]]
 
+-- A harness for one test, with nothing received yet.
 local function new_harness(opts)
   opts = opts or {}
+  received = {}
   return harness.new({ env = notify_env() .. (opts.env or ""), scenario = SCENARIO, timing = opts.timing })
 end
 
@@ -138,7 +140,6 @@ end
 describe("api-outage", function()
   local h, cluster
   before_each(function()
-    received = {}
     h = new_harness({ timing = { pod_start = "100ms", ready_after = "200ms", crash_after = "100ms",
       restart_backoff = "30s" } })
     cluster = h.cluster
@@ -302,11 +303,7 @@ end)
 
 describe("service-outage", function()
   local h, cluster
-  before_each(function()
-    received = {}
-    h = new_harness()
-    cluster = h.cluster
-  end)
+  before_each(function() h = new_harness(); cluster = h.cluster end)
   after_each(function() h:close() end)
 
   it("fails over from a live colour that fails its health checks to the stable one", function()
@@ -342,11 +339,7 @@ end)
 
 describe("service-outage, scaling", function()
   local h, cluster
-  before_each(function()
-    received = {}
-    h = new_harness()
-    cluster = h.cluster
-  end)
+  before_each(function() h = new_harness(); cluster = h.cluster end)
   after_each(function() h:close() end)
 
   it("scales up a live colour left with no replicas", function()
@@ -363,11 +356,7 @@ end)
 
 describe("provider-failure", function()
   local h, cluster
-  before_each(function()
-    received = {}
-    h = new_harness()
-    cluster = h.cluster
-  end)
+  before_each(function() h = new_harness(); cluster = h.cluster end)
   after_each(function() h:close() end)
 
   local function flags()
@@ -418,11 +407,7 @@ describe("database-issues", function()
     db:psql("CREATE TABLE orders (id int PRIMARY KEY, status text); INSERT INTO orders VALUES (1, 'new')")
   end)
   teardown(function() db:stop() end)
-  before_each(function()
-    received = {}
-    h = new_harness({ env = "database_url: " .. db.url .. "\n" })
-    cluster = h.cluster
-  end)
+  before_each(function() h = new_harness({ env = "database_url: " .. db.url .. "\n" }); cluster = h.cluster end)
   after_each(function() h:close() end)
 
   -- a session holding a row lock (an open transaction, or one long statement) and one
@@ -515,11 +500,7 @@ end)
 describe("a runbook on a terminal", function()
   local h, cluster
   local SOCKET = "tug-runbooks-spec"
-  before_each(function()
-    received = {}
-    h = new_harness()
-    cluster = h.cluster
-  end)
+  before_each(function() h = new_harness(); cluster = h.cluster end)
   after_each(function()
     exec.run({ "tmux", "-L", SOCKET, "kill-server" })
     h:close()

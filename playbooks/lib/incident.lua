@@ -16,6 +16,38 @@ local COMPONENT_STATUS = { sev1 = "major_outage", sev2 = "partial_outage", sev3 
 -- The seed's critical alert: an error rate over 1%.
 incident.CRITICAL_ERROR_RATE = 0.01
 
+-- ---- params ----
+
+-- The params runbooks share, by name (see incident.params).
+local SHARED_PARAMS = {
+  load_duration = { type = "duration", default = "2s", help = "the load check that measures the error rate" },
+  rollout_timeout = { type = "duration", default = "5m" },
+  gate_count = { type = "integer", default = 3, min = 1, help = "error-rate and P95 measurements once it answers" },
+}
+
+-- A runbook's params: severity and status_page (the answers to the questions every
+-- runbook asks), the shared ones it names, and its own (which win over a shared one).
+function incident.params(shared, own)
+  local out = {
+    severity = { type = "enum", values = incident.SEVERITIES, help = "answers \"Severity?\"" },
+    status_page = { type = "boolean", help = "answers \"Open a status page incident?\"" },
+  }
+  for _, name in ipairs(shared) do
+    local p = assert(SHARED_PARAMS[name], name)
+    out[name] = {}
+    for k, v in pairs(p) do out[name][k] = v end
+  end
+  for name, p in pairs(own) do out[name] = p end
+  return out
+end
+
+-- Where users reach the API: the environment's url (the simulated cluster's api-service
+-- locally).
+function incident.user_url(env)
+  if env.kubernetes and env.kubernetes.simulate then return multiship.api_url(env) end
+  return env.url or multiship.api_url(env)
+end
+
 -- ---- decisions ----
 
 local function listed(choices, answer)
@@ -49,6 +81,16 @@ function incident.decide(ctx, key, question, opts)
   return answer
 end
 
+-- The answers of `all`, in order, that `possible(answer)` allows: the choices a question
+-- offers in this incident.
+function incident.offered(all, possible)
+  local out = {}
+  for _, answer in ipairs(all) do
+    if possible(answer) then out[#out + 1] = answer end
+  end
+  return out
+end
+
 -- Records an answer that was not asked (a value worked out from what was seen, or a
 -- param), beside the asked ones.
 function incident.record(ctx, question, answer, by)
@@ -72,6 +114,11 @@ function incident.finding(ctx, text)
   ctx.log.warn(text)
 end
 
+-- The findings so far, on one line for the page.
+function incident.findings_line(ctx)
+  return table.concat(ctx.state.findings or {}, "; ")
+end
+
 -- Seconds since a Kubernetes (RFC 3339) timestamp, or nil.
 function incident.age(timestamp)
   local t = k8s_util.parse_time(timestamp)
@@ -84,12 +131,7 @@ end
 -- verification is stricter: multiship.error_rate_low, 99.9%, as the gates judge, since a
 -- false alarm there would undo a mitigation that worked.)
 function incident.rate_low(errors, count)
-  if not count or count == 0 then return nil end
-  local z = 1.96
-  local p = errors / count
-  local centre = p + z * z / (2 * count)
-  local spread = z * math.sqrt(p * (1 - p) / count + z * z / (4 * count * count))
-  return math.max(0, (centre - spread) / (1 + z * z / count))
+  return multiship.error_rate_low(errors, count, 1.96)
 end
 
 function incident.percent(rate)
@@ -368,8 +410,12 @@ function incident.what_changed(ctx, deployment, recent)
   return lines
 end
 
--- Logs what evidence found, one line each; returns the plain data for ctx.state.
-function incident.report_evidence(ctx, ev, what)
+-- Gathers the evidence about a Deployment (incident.evidence) and logs what it found, one
+-- line each, under `what` (the Deployment's name by default); returns the plain data for
+-- ctx.state.
+function incident.report_evidence(ctx, deployment, what)
+  what = what or deployment
+  local ev = incident.evidence(deployment)
   if ev.logs_error then ctx.log.warn(what .. ": logs could not be read: " .. ev.logs_error) end
   ctx.log.info(string.format("%s: %d ERROR lines, %d 5xx answers in the recent logs, %d kinds of warning events",
     what, #ev.error_lines, ev.server_errors, #ev.events))
@@ -378,6 +424,54 @@ function incident.report_evidence(ctx, ev, what)
     ctx.log.warn(string.format("%s x%d on %s: %s", e.reason, e.count, e.object, e.message or ""))
   end
   return { error_lines = ev.error_lines, server_errors = ev.server_errors, events = ev.events, logs_error = ev.logs_error }
+end
+
+-- What changed lately about a Deployment (incident.what_changed, within the param
+-- `recent`), logged one line each; returns the lines.
+function incident.report_changes(ctx, deployment)
+  local lines = incident.what_changed(ctx, deployment, ctx.params.recent)
+  for _, line in ipairs(lines) do ctx.log.info("changed lately: " .. line) end
+  return lines
+end
+
+-- ---- mitigating ----
+
+-- Waits for a Deployment's rollout within the param rollout_timeout (opts: quiet); not
+-- under tug plan. Returns whether it waited.
+function incident.wait_rollout(ctx, name, opts)
+  if ctx.plan then return false end
+  k8s.rollout_status(name, { timeout = ctx.params.rollout_timeout, quiet = opts and opts.quiet })
+  return true
+end
+
+-- Scales a Deployment and waits for its replicas (incident.wait_rollout, quietly).
+-- Returns whether it waited.
+function incident.scale(ctx, name, replicas)
+  k8s.scale(name, replicas)
+  return incident.wait_rollout(ctx, name, { quiet = true })
+end
+
+-- Rolls a Deployment that runs `image` back to its previous revision and waits for the
+-- rollout. One that runs another image already had its rollback sent (a resumed run that
+-- died after sending it): another undo would go forward, so none is sent.
+function incident.roll_back(ctx, name, image)
+  local now = multiship.container_image(k8s.get("deployment", name))
+  if now ~= image then
+    ctx.log.info(string.format("%s already runs %s: the rollback was sent", name, now))
+  else
+    local r = k8s.rollout_undo(name)
+    if r and r.skipped then error(r.message, 0) end
+  end
+  incident.wait_rollout(ctx, name)
+end
+
+-- Takes back incident.roll_back: the Deployment returns to `revision` unless it runs
+-- `image` still. Not waited for: that revision may be the one that crashes. Returns
+-- whether it rolled forward.
+function incident.roll_forward(name, image, revision)
+  if multiship.container_image(k8s.get("deployment", name)) == image then return false end
+  k8s.rollout_undo(name, { to_revision = revision })
+  return true
 end
 
 -- ---- telling people ----
@@ -443,9 +537,13 @@ function incident.announce(ctx, text, opts)
 end
 
 -- Pages the on-call engineers (a PagerDuty trigger at the severity's urgency) and tells the
--- team's chat. Without a PagerDuty channel it says who to call instead.
+-- team's chat. Without a PagerDuty channel it says who to call instead. The details
+-- always carry the severity and the run id.
 function incident.page(ctx, summary, details)
   local sev = ctx.state.severity or "sev2"
+  details = details or {}
+  details.severity = details.severity or ctx.state.severity
+  details.run_id = details.run_id or ctx.run_id
   local names = incident.channels(ctx.env, "page")
   if #names == 0 then
     ctx.log.warn("no PagerDuty channel under notify: in environments/" .. ctx.env.name ..
@@ -519,11 +617,28 @@ function incident.want_status_page(ctx)
   return answer == "yes"
 end
 
+-- The status page step: asks whether to open an incident (incident.want_status_page)
+-- and opens it (incident.open_status).
+function incident.post_status(ctx, name_text, body)
+  if incident.want_status_page(ctx) then incident.open_status(ctx, name_text, body) end
+end
+
+-- Whether a status page incident is open.
+function incident.status_open(ctx)
+  return next(ctx.state.status_page or {}) ~= nil
+end
+
+-- Tells the open status page incidents that a fix is in ("monitoring").
+function incident.fix_in(ctx, body)
+  incident.update_status(ctx, "monitoring", body or "A fix has been put in place and we are monitoring the results.")
+end
+
 -- ---- is it back? ----
 
--- The API at base is back: every path answers 2xx within opts.within, then opts.count
--- short load checks of /api/orders (opts.interval apart) each show an error rate and a P95
--- under the environment's thresholds. The error rate is judged by the low end of its 99.9%
+-- The API at base is back: every path answers 2xx within opts.within (the param
+-- verify_within by default), then opts.count (the param gate_count) short load checks of
+-- /api/orders (opts.interval apart) each show an error rate and a P95 under the
+-- environment's thresholds. The error rate is judged by the low end of its 99.9%
 -- interval (multiship.error_rate_low): a false alarm here would undo a mitigation that
 -- worked. The checks go to the API directly, not to Prometheus, whose rate window would
 -- still hold the errors from before the mitigation. Raises with the reason when not.
@@ -531,12 +646,12 @@ function incident.verify(ctx, base, opts)
   opts = opts or {}
   local checks = {}
   for i, path in ipairs(opts.paths or { "/health" }) do checks[i] = base .. path end
-  checks.within, checks.interval = opts.within or "2m", "1s"
+  checks.within, checks.interval = opts.within or ctx.params.verify_within or "2m", "1s"
   local r = health.check(checks)
   if not r.ok then error("not restored: " .. r.reason, 0) end
   local _, sentence = health.gate(r)
   local limits = incident.thresholds(ctx.env)
-  local count = opts.count or 3
+  local count = opts.count or ctx.params.gate_count or 3
   local last
   for i = 1, count do
     local load = health.load({ url = base .. "/api/orders", duration = opts.duration or "1s", concurrency = 16,

@@ -66,10 +66,12 @@ end
 -- at 0.05% errors sends about 500 requests and, one time in forty, sees two errors
 -- (0.4%); judged on this bound, a gate fails only when the rate is surely above its
 -- threshold, so it catches a version that errs at 2% or more and rarely a healthy one
--- (about one check in 500 at 0.05% against a 0.1% threshold).
-function M.error_rate_low(errors, count)
-  if count == 0 then return nil end
-  local n, z = count, 3.09
+-- (about one check in 500 at 0.05% against a 0.1% threshold). `z` sets another
+-- confidence (1.96: 97.5% one-sided).
+function M.error_rate_low(errors, count, z)
+  if not count or count == 0 then return nil end
+  local n = count
+  z = z or 3.09
   local p = errors / n
   local centre = p + z * z / (2 * n)
   local spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))

@@ -32,20 +32,15 @@ end
 return playbook {
   description = "when the API is down: assess, page, post status, mitigate (rollback, scale, restart, flag off), verify",
   step_by_step = true,
-  params = {
+  params = incident.params({ "load_duration", "rollout_timeout", "gate_count" }, {
     deployment = { type = "string", default = "api", help = "the API's Deployment" },
     service = { type = "string", help = "the Service in front of it (default: the environment's deploy_service, else api)" },
-    severity = { type = "enum", values = incident.SEVERITIES, help = "answers \"Severity?\"" },
-    status_page = { type = "boolean", help = "answers \"Open a status page incident?\"" },
     mitigation = { type = "enum", values = MITIGATIONS, help = "answers \"Mitigation?\"" },
     flag = { type = "string", pattern = "^[%w%-_%.]+$", help = "the flag to switch off (default: the one switched on last)" },
     replicas = { type = "integer", min = 1, help = "replicas to scale up to (default: twice the current, at least 2)" },
     recent = { type = "duration", default = "1h", help = "how recent a rollout or flag change must be to be a suspect" },
-    load_duration = { type = "duration", default = "2s", help = "the load check that measures the error rate" },
-    rollout_timeout = { type = "duration", default = "5m" },
     verify_within = { type = "duration", default = "2m", help = "how long the API may take to answer healthy again" },
-    gate_count = { type = "integer", default = 3, min = 1, help = "error-rate and P95 measurements once it answers" },
-  },
+  }),
   lock = "deploy",
   steps = {
     step "assess the impact" {
@@ -63,7 +58,7 @@ return playbook {
         end
         if d.ready == 0 then a.unavailable = true end
         -- the failing pods' logs, kept before a mitigation replaces them
-        ctx.state.evidence = incident.report_evidence(ctx, incident.evidence(ctx.params.deployment), "before mitigating")
+        ctx.state.evidence = incident.report_evidence(ctx, ctx.params.deployment, "before mitigating")
         local flags, why = incident.flags(ctx, ctx.params.recent)
         local suspects = { enabled = {} }
         if flags then
@@ -98,18 +93,15 @@ return playbook {
     step "page the on-call engineers" {
       run = function(ctx)
         local d = ctx.state.deployment
-        incident.page(ctx, "API outage: " .. ctx.state.summary, {
-          severity = ctx.state.severity, findings = table.concat(ctx.state.findings or {}, "; "),
+        incident.page(ctx, "API outage: " .. ctx.state.summary, { findings = incident.findings_line(ctx),
           deployment = string.format("%s %s, %d/%d ready", ctx.params.deployment, d.image, d.ready, d.replicas),
-          error_rate = incident.percent(ctx.state.error_rate), run_id = ctx.run_id,
-        })
+          error_rate = incident.percent(ctx.state.error_rate) })
       end,
     },
 
     step "post to the status page" {
       run = function(ctx)
-        if not incident.want_status_page(ctx) then return end
-        incident.open_status(ctx, ctx.state.severity == "sev1" and "API unavailable" or "Elevated API errors",
+        incident.post_status(ctx, ctx.state.severity == "sev1" and "API unavailable" or "Elevated API errors",
           "We are investigating errors in the Multiship API.")
       end,
     },
@@ -118,12 +110,9 @@ return playbook {
       read_only = true,
       run = function(ctx)
         local d, flags = ctx.state.deployment, ctx.state.flags
-        local choices = {}
-        for _, m in ipairs(MITIGATIONS) do
-          if (m ~= "rollback" or d.previous_revision) and (m ~= "disable-flag" or #flags.enabled > 0) then
-            choices[#choices + 1] = m
-          end
-        end
+        local choices = incident.offered(MITIGATIONS, function(m)
+          return (m ~= "rollback" or d.previous_revision) and (m ~= "disable-flag" or #flags.enabled > 0)
+        end)
         local suggested = ctx.state.suggested
         if d.previous_revision then
           ctx.log.info(string.format("rollback: revision %d (%s) back to revision %d (%s)", d.revision, d.image,
@@ -147,24 +136,15 @@ return playbook {
       when = function(ctx) return ctx.state.mitigation == "rollback" end,
       run = function(ctx)
         local name = ctx.params.deployment
-        local now = multiship.container_image(k8s.get("deployment", name))
-        if now ~= ctx.state.deployment.image then
-          -- a resumed run whose rollback was sent before it died: another undo would go forward
-          ctx.log.info(string.format("%s already runs %s: the rollback was sent", name, now))
-        else
-          local r = k8s.rollout_undo(name)
-          if r and r.skipped then error(r.message, 0) end
-        end
+        incident.roll_back(ctx, name, ctx.state.deployment.image)
         if ctx.plan then return end
-        k8s.rollout_status(name, { timeout = ctx.params.rollout_timeout })
         ctx.state.image_after = multiship.container_image(k8s.get("deployment", name))
         ctx.log.info(string.format("%s rolled back from %s to %s", name, ctx.state.deployment.image, ctx.state.image_after))
       end,
       undo = function(ctx)
         -- back to the revision that was live (not waited for: it may be the one that crashes)
-        local name = ctx.params.deployment
-        if multiship.container_image(k8s.get("deployment", name)) == ctx.state.deployment.image then return end
-        k8s.rollout_undo(name, { to_revision = ctx.state.deployment.revision })
+        local was = ctx.state.deployment
+        if not incident.roll_forward(ctx.params.deployment, was.image, was.revision) then return end
         ctx.log.warn(string.format("%s rolled forward again to revision %d (%s)", ctx.params.deployment,
           ctx.state.deployment.revision, ctx.state.deployment.image))
       end,
@@ -173,9 +153,7 @@ return playbook {
     step "scale up the API" {
       when = function(ctx) return ctx.state.mitigation == "scale" end,
       run = function(ctx)
-        k8s.scale(ctx.params.deployment, ctx.state.scale_to)
-        if ctx.plan then return end
-        k8s.rollout_status(ctx.params.deployment, { timeout = ctx.params.rollout_timeout, quiet = true })
+        if not incident.scale(ctx, ctx.params.deployment, ctx.state.scale_to) then return end
         ctx.log.info(string.format("%s scaled from %d to %d replicas", ctx.params.deployment,
           ctx.state.deployment.replicas, ctx.state.scale_to))
       end,
@@ -189,8 +167,7 @@ return playbook {
       when = function(ctx) return ctx.state.mitigation == "restart" end,
       run = function(ctx)
         k8s.restart(ctx.params.deployment)
-        if ctx.plan then return end
-        k8s.rollout_status(ctx.params.deployment, { timeout = ctx.params.rollout_timeout, quiet = true })
+        if not incident.wait_rollout(ctx, ctx.params.deployment, { quiet = true }) then return end
         ctx.log.info(ctx.params.deployment .. " restarted: every pod replaced")
       end,
     },
@@ -202,18 +179,15 @@ return playbook {
     },
 
     step "tell the status page the fix is in" {
-      when = function(ctx) return ctx.state.mitigation ~= "none" and next(ctx.state.status_page or {}) ~= nil end,
-      run = function(ctx)
-        incident.update_status(ctx, "monitoring", "A fix has been put in place and we are monitoring the results.")
-      end,
+      when = function(ctx) return ctx.state.mitigation ~= "none" and incident.status_open(ctx) end,
+      run = function(ctx) incident.fix_in(ctx) end,
     },
 
     step "investigate: logs and events" {
       read_only = true,
       run = function(ctx)
-        ctx.state.evidence_after = incident.report_evidence(ctx, incident.evidence(ctx.params.deployment), "now")
-        ctx.state.changes = incident.what_changed(ctx, ctx.params.deployment, ctx.params.recent)
-        for _, line in ipairs(ctx.state.changes) do ctx.log.info("changed lately: " .. line) end
+        ctx.state.evidence_after = incident.report_evidence(ctx, ctx.params.deployment, "now")
+        ctx.state.changes = incident.report_changes(ctx, ctx.params.deployment)
       end,
     },
 
@@ -221,8 +195,8 @@ return playbook {
       read_only = true,
       run = function(ctx)
         if ctx.plan then return end
-        incident.verify(ctx, multiship.api_url(ctx.env, service(ctx)), { paths = { "/health", "/api/health/detailed" },
-          within = ctx.params.verify_within, count = ctx.params.gate_count })
+        incident.verify(ctx, multiship.api_url(ctx.env, service(ctx)),
+          { paths = { "/health", "/api/health/detailed" } })
       end,
     },
 

@@ -98,6 +98,25 @@ local function wait_until(conn, within, fn)
   return true
 end
 
+-- The chosen session once the operator confirms `question` about it (%s: the session),
+-- else an error saying what was `doing`; nil under tug plan, which shows the call that
+-- would end it.
+local function confirmed_session(ctx, question, doing, call)
+  local s = session_of(ctx)
+  if not ctx:confirm(string.format(question, describe_session(s))) then
+    error(doing .. " session " .. s.pid .. " was not confirmed", 0)
+  end
+  if ctx:would(call .. "(" .. s.pid .. ")") then return nil end
+  return s
+end
+
+-- Sends pg_cancel_backend or pg_terminate_backend (`call`) to a session.
+local function signal(conn, call, pid)
+  if not conn:value("SELECT " .. call .. "($1)", pid) then
+    error("session " .. pid .. " is gone, or this role may not signal it", 0)
+  end
+end
+
 local function still_blocking(conn, pid)
   for _, b in ipairs(pg.health.blocked(conn)) do
     for _, p in ipairs(b.blocked_by) do
@@ -110,17 +129,14 @@ end
 return playbook {
   description = "when the database fails: end the session blocking the others or relieve the pool, verify",
   step_by_step = true,
-  params = {
-    severity = { type = "enum", values = incident.SEVERITIES, help = "answers \"Severity?\"" },
-    status_page = { type = "boolean", help = "answers \"Open a status page incident?\"" },
+  params = incident.params({ "rollout_timeout" }, {
     mitigation = { type = "enum", values = MITIGATIONS, help = "answers \"Mitigation?\"" },
     pid = { type = "integer", min = 1, help = "answers \"Which session?\" (a pid from the assessment)" },
     deployment = { type = "string", default = "api", help = "the API's Deployment, scaled down to relieve the pool" },
     replicas = { type = "integer", min = 0, help = "replicas to scale the API down to (default: half, at least 1)" },
     long_running = { type = "duration", default = "5m", help = "how long a statement or transaction runs to be a suspect" },
-    rollout_timeout = { type = "duration", default = "5m" },
     verify_within = { type = "duration", default = "1m", help = "how long the database may take to be healthy again" },
-  },
+  }),
   lock = "database",
   steps = {
     step "assess the database" {
@@ -180,15 +196,13 @@ return playbook {
 
     step "page the on-call engineers" {
       run = function(ctx)
-        incident.page(ctx, "database issue: " .. ctx.state.summary, { severity = ctx.state.severity,
-          findings = table.concat(ctx.state.findings or {}, "; "), run_id = ctx.run_id })
+        incident.page(ctx, "database issue: " .. ctx.state.summary, { findings = incident.findings_line(ctx) })
       end,
     },
 
     step "post to the status page" {
       run = function(ctx)
-        if not incident.want_status_page(ctx) then return end
-        incident.open_status(ctx, "Degraded performance", "We are investigating slow or failing requests.")
+        incident.post_status(ctx, "Degraded performance", "We are investigating slow or failing requests.")
       end,
     },
 
@@ -199,12 +213,9 @@ return playbook {
         -- an environment without a cluster cannot scale the API: that choice is left out
         local found, deployment = pcall(k8s.get, "deployment", ctx.params.deployment, { optional = true })
         if not found then deployment = nil end
-        local choices = {}
-        for _, m in ipairs(MITIGATIONS) do
-          local possible = (m ~= "cancel" and m ~= "terminate" or #sessions > 0)
-            and (m ~= "scale-down" or deployment ~= nil)
-          if possible then choices[#choices + 1] = m end
-        end
+        local choices = incident.offered(MITIGATIONS, function(m)
+          return (m ~= "cancel" and m ~= "terminate" or #sessions > 0) and (m ~= "scale-down" or deployment ~= nil)
+        end)
         local default = "none"
         if sessions[1] then
           default = sessions[1].state and sessions[1].state:match("^idle in transaction") and "terminate" or "cancel"
@@ -234,19 +245,14 @@ return playbook {
       -- a cancelled statement cannot be run again for its client: no undo
       when = function(ctx) return ctx.state.mitigation == "cancel" end,
       run = function(ctx)
-        local s = session_of(ctx)
-        if not ctx:confirm("Cancel the query of " .. describe_session(s) .. "?") then
-          error("cancelling session " .. s.pid .. " was not confirmed", 0)
-        end
-        if ctx:would("pg_cancel_backend(" .. s.pid .. ")") then return end
+        local s = confirmed_session(ctx, "Cancel the query of %s?", "cancelling", "pg_cancel_backend")
+        if not s then return end
         local conn <close> = connect(ctx)
         if s.blocks > 0 and not still_blocking(conn, s.pid) then
           ctx.log.info("session " .. s.pid .. " no longer blocks anyone")
           return
         end
-        if not conn:value("SELECT pg_cancel_backend($1)", s.pid) then
-          error("session " .. s.pid .. " is gone, or this role may not signal it", 0)
-        end
+        signal(conn, "pg_cancel_backend", s.pid)
         if not wait_until(conn, ctx.params.verify_within, function(c)
           return not still_blocking(c, s.pid) and c:value({ "SELECT state = 'active' FROM pg_stat_activity WHERE pid = $1",
             read_only = true }, s.pid) ~= true
@@ -262,19 +268,15 @@ return playbook {
       -- an ended session's transaction is rolled back and cannot be brought back: no undo
       when = function(ctx) return ctx.state.mitigation == "terminate" end,
       run = function(ctx)
-        local s = session_of(ctx)
-        if not ctx:confirm("Terminate " .. describe_session(s) .. "? Its open transaction is rolled back.") then
-          error("terminating session " .. s.pid .. " was not confirmed", 0)
-        end
-        if ctx:would("pg_terminate_backend(" .. s.pid .. ")") then return end
+        local s = confirmed_session(ctx, "Terminate %s? Its open transaction is rolled back.", "terminating",
+          "pg_terminate_backend")
+        if not s then return end
         local conn <close> = connect(ctx)
         if not conn:value({ "SELECT true FROM pg_stat_activity WHERE pid = $1", read_only = true }, s.pid) then
           ctx.log.info("session " .. s.pid .. " has already ended")
           return
         end
-        if not conn:value("SELECT pg_terminate_backend($1)", s.pid) then
-          error("session " .. s.pid .. " is gone, or this role may not signal it", 0)
-        end
+        signal(conn, "pg_terminate_backend", s.pid)
         if not wait_until(conn, ctx.params.verify_within, function(c)
           return not c:value({ "SELECT true FROM pg_stat_activity WHERE pid = $1", read_only = true }, s.pid)
         end) then
@@ -287,10 +289,7 @@ return playbook {
     step "scale the API down to relieve the pool" {
       when = function(ctx) return ctx.state.mitigation == "scale-down" end,
       run = function(ctx)
-        k8s.scale(ctx.params.deployment, ctx.state.scale_to)
-        if not ctx.plan then
-          k8s.rollout_status(ctx.params.deployment, { timeout = ctx.params.rollout_timeout, quiet = true })
-        end
+        incident.scale(ctx, ctx.params.deployment, ctx.state.scale_to)
         ctx.log.info(string.format("%s scaled from %d to %d replicas", ctx.params.deployment, ctx.state.replicas_before,
           ctx.state.scale_to))
       end,
@@ -300,10 +299,8 @@ return playbook {
     },
 
     step "tell the status page the fix is in" {
-      when = function(ctx) return ctx.state.mitigation ~= "none" and next(ctx.state.status_page or {}) ~= nil end,
-      run = function(ctx)
-        incident.update_status(ctx, "monitoring", "A fix has been put in place and we are monitoring the results.")
-      end,
+      when = function(ctx) return ctx.state.mitigation ~= "none" and incident.status_open(ctx) end,
+      run = function(ctx) incident.fix_in(ctx) end,
     },
 
     step "investigate: sessions, slow queries, replication" {
@@ -330,8 +327,7 @@ SELECT coalesce(application_name, '') AS application_name, coalesce(state, '') A
           ctx.log.info(string.format("replication: %s, lag %.3fs%s", rep.role, rep.lag or 0,
             rep.replicas and (", " .. #rep.replicas .. " replicas") or ""))
         end
-        local ev = incident.evidence(ctx.params.deployment)
-        ctx.state.evidence = incident.report_evidence(ctx, ev, ctx.params.deployment)
+        ctx.state.evidence = incident.report_evidence(ctx, ctx.params.deployment)
       end,
     },
 
@@ -370,12 +366,7 @@ SELECT coalesce(application_name, '') AS application_name, coalesce(state, '') A
 
     step "restore: scale the API back up" {
       when = function(ctx) return ctx.state.mitigation == "scale-down" end,
-      run = function(ctx)
-        k8s.scale(ctx.params.deployment, ctx.state.replicas_before)
-        if not ctx.plan then
-          k8s.rollout_status(ctx.params.deployment, { timeout = ctx.params.rollout_timeout, quiet = true })
-        end
-      end,
+      run = function(ctx) incident.scale(ctx, ctx.params.deployment, ctx.state.replicas_before) end,
     },
 
     step "resolve the incident" {

@@ -13,11 +13,6 @@ local function flag_of(provider)
   return "provider-" .. provider .. "-enabled"
 end
 
-local function user_url(env)
-  if env.kubernetes and env.kubernetes.simulate then return multiship.api_url(env) end
-  return env.url or multiship.api_url(env)
-end
-
 local function nearest_rank(values, p)
   if #values == 0 then return nil end
   table.sort(values)
@@ -87,9 +82,7 @@ end
 return playbook {
   description = "when a shipping provider fails: switch it off so orders go to the others, back on once it recovers",
   step_by_step = true,
-  params = {
-    severity = { type = "enum", values = incident.SEVERITIES, help = "answers \"Severity?\"" },
-    status_page = { type = "boolean", help = "answers \"Open a status page incident?\"" },
+  params = incident.params({ "load_duration" }, {
     provider = { type = "string", pattern = "^[%w%-_]+$",
       help = "answers \"Switch off which provider?\" (a provider, or none)" },
     reenable = { type = "boolean", help = "answers \"Switch it back on?\"" },
@@ -97,16 +90,15 @@ return playbook {
     sample_interval = { type = "duration", default = "1s" },
     recovery_wait = { type = "duration", default = "5m",
       help = "how long to wait for the provider to recover before asking" },
-    load_duration = { type = "duration", default = "2s", help = "the load check that measures the error rate" },
     verify_within = { type = "duration", default = "2m" },
     gate_count = { type = "integer", default = 3, min = 1, help = "error-rate and P95 measurements in each watch" },
-  },
+  }),
   lock = "feature-flags",
   steps = {
     step "check the providers against their thresholds" {
       read_only = true,
       run = function(ctx)
-        local url = user_url(ctx.env)
+        local url = incident.user_url(ctx.env)
         local limits = incident.thresholds(ctx.env).providers
         local per, unanswered = sample(url, ctx.params.samples, ctx.params.sample_interval)
         if unanswered > 0 then
@@ -148,8 +140,7 @@ return playbook {
 
     step "page the on-call engineers" {
       run = function(ctx)
-        local details = { severity = ctx.state.severity, run_id = ctx.run_id,
-          error_rate = incident.percent(ctx.state.error_rate) }
+        local details = { error_rate = incident.percent(ctx.state.error_rate) }
         for name, p in pairs(ctx.state.providers) do
           details[name] = p.enabled and (p.failing and ("failing: " .. p.why) or "passing") or "switched off"
         end
@@ -159,8 +150,8 @@ return playbook {
 
     step "post to the status page" {
       run = function(ctx)
-        if not incident.want_status_page(ctx) then return end
-        incident.open_status(ctx, "Delays creating shipments", "We are investigating failures with a shipping provider.")
+        incident.post_status(ctx, "Delays creating shipments",
+          "We are investigating failures with a shipping provider.")
       end,
     },
 
@@ -194,15 +185,15 @@ return playbook {
       read_only = true,
       run = function(ctx)
         if ctx.plan then return end
-        incident.verify(ctx, user_url(ctx.env), { paths = { "/health", "/api/providers/health" },
-          within = ctx.params.verify_within, count = ctx.params.gate_count, name = "watch" })
+        incident.verify(ctx, incident.user_url(ctx.env),
+          { paths = { "/health", "/api/providers/health" }, name = "watch" })
       end,
     },
 
     step "tell the status page the fix is in" {
-      when = function(ctx) return ctx.state.provider ~= nil and next(ctx.state.status_page or {}) ~= nil end,
+      when = function(ctx) return ctx.state.provider ~= nil and incident.status_open(ctx) end,
       run = function(ctx)
-        incident.update_status(ctx, "monitoring", "Shipments are going through our other carriers' integrations "
+        incident.fix_in(ctx, "Shipments are going through our other carriers' integrations "
           .. "while we monitor the affected one.")
       end,
     },
@@ -211,7 +202,7 @@ return playbook {
       read_only = true,
       run = function(ctx)
         local live = multiship.live_colour()
-        ctx.state.evidence = incident.report_evidence(ctx, incident.evidence("api-" .. live), "api-" .. live)
+        ctx.state.evidence = incident.report_evidence(ctx, "api-" .. live)
         for name, p in pairs(ctx.state.providers) do
           if p.failing then ctx.log.warn(name .. " at the assessment: " .. p.why) end
         end
@@ -221,7 +212,7 @@ return playbook {
     step "switch the provider back on when it recovers" {
       when = function(ctx) return ctx.state.provider ~= nil end,
       run = function(ctx)
-        local name, url = ctx.state.provider, user_url(ctx.env)
+        local name, url = ctx.state.provider, incident.user_url(ctx.env)
         local limits = incident.thresholds(ctx.env).providers[name] or {}
         local deadline = time.monotonic() + (ctx.plan and 0 or ctx.params.recovery_wait)
         local recovered, why
@@ -251,8 +242,8 @@ return playbook {
         incident.set_flag(ctx, ctx.state.flag, true)
         if ctx.plan then return end
         -- watched here, and switched off again if orders fail: the provider is not back
-        local ok, err = pcall(incident.verify, ctx, url, { paths = { "/api/providers/health" },
-          within = "10s", count = ctx.params.gate_count, name = "after switching " .. name .. " on" })
+        local ok, err = pcall(incident.verify, ctx, url, { paths = { "/api/providers/health" }, within = "10s",
+          name = "after switching " .. name .. " on" })
         if not ok then
           if type(err) == "table" and err.kind == "cancelled" then error(err, 0) end
           incident.set_flag(ctx, ctx.state.flag, false)
@@ -267,8 +258,7 @@ return playbook {
       read_only = true,
       run = function(ctx)
         if ctx.plan then return end
-        incident.verify(ctx, user_url(ctx.env), { paths = { "/health", "/api/providers/health" },
-          within = ctx.params.verify_within, count = ctx.params.gate_count })
+        incident.verify(ctx, incident.user_url(ctx.env), { paths = { "/health", "/api/providers/health" } })
       end,
     },
 

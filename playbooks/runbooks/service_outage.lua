@@ -11,13 +11,6 @@ local incident = require("incident")
 
 local MITIGATIONS = { "failover", "rollback", "scale", "none" }
 
--- Where users reach the API: the environment's url (the simulated cluster's api-service
--- locally).
-local function user_url(env)
-  if env.kubernetes and env.kubernetes.simulate then return multiship.api_url(env) end
-  return env.url or multiship.api_url(env)
-end
-
 local function suggest(a, live, idle)
   local pods_failing = live.ready < live.replicas or live.crash_looping > 0
   local failing = a.unavailable or a.errors_high or a.failed["/api/health/database"] or pods_failing
@@ -38,24 +31,19 @@ end
 return playbook {
   description = "the six-step outage procedure: assess, notify, communicate, mitigate, investigate, restore",
   step_by_step = true,
-  params = {
-    severity = { type = "enum", values = incident.SEVERITIES, help = "answers \"Severity?\"" },
-    status_page = { type = "boolean", help = "answers \"Open a status page incident?\"" },
+  params = incident.params({ "load_duration", "rollout_timeout", "gate_count" }, {
     mitigation = { type = "enum", values = MITIGATIONS, help = "answers \"Mitigation?\"" },
     replicas = { type = "integer", min = 1,
       help = "replicas for the colour that is scaled up (default: the live colour's, at least 2)" },
     recent = { type = "duration", default = "1h", help = "how recent a rollout must be to be a suspect" },
-    load_duration = { type = "duration", default = "2s", help = "the load check that measures the error rate" },
-    rollout_timeout = { type = "duration", default = "5m" },
     verify_within = { type = "duration", default = "2m", help = "how long the service may take to answer healthy again" },
-    gate_count = { type = "integer", default = 3, min = 1, help = "error-rate and P95 measurements once it answers" },
-  },
+  }),
   lock = "deploy",
   steps = {
     step "assess the impact" {
       read_only = true,
       run = function(ctx)
-        local url = user_url(ctx.env)
+        local url = incident.user_url(ctx.env)
         ctx.log.info("users reach the API at " .. url)
         local a = incident.assess_api(ctx, url, { "/health", "/api/health/database", "/api/providers/health" },
           ctx.params.load_duration)
@@ -81,7 +69,7 @@ return playbook {
           ctx.log.info("live colour " .. line)
         end
         if idle then ctx.log.info("stable colour " .. incident.describe_deployment(idle)) end
-        ctx.state.evidence = incident.report_evidence(ctx, incident.evidence(live.name), "before mitigating")
+        ctx.state.evidence = incident.report_evidence(ctx, live.name, "before mitigating")
         ctx.log.info("components: " .. component_line(components))
         ctx.state.components = components
         ctx.state.live = { colour = live_colour, name = live.name, image = live.image, replicas = live.replicas,
@@ -98,22 +86,20 @@ return playbook {
 
     step "notify the on-call engineers" {
       run = function(ctx)
-        incident.page(ctx, "service outage: " .. ctx.state.summary, {
-          severity = ctx.state.severity, findings = table.concat(ctx.state.findings or {}, "; "),
-          components = ctx.state.summary, error_rate = incident.percent(ctx.state.error_rate), run_id = ctx.run_id,
-        })
+        incident.page(ctx, "service outage: " .. ctx.state.summary, { findings = incident.findings_line(ctx),
+          components = ctx.state.summary, error_rate = incident.percent(ctx.state.error_rate) })
       end,
     },
 
     step "communicate: status page and stakeholders" {
       run = function(ctx)
-        if not incident.want_status_page(ctx) then return end
         local c = ctx.state.components
         local down = {}
         for _, name in ipairs({ "api", "database", "providers", "website" }) do
           if c[name] and c[name] ~= "up" then down[#down + 1] = name end
         end
-        incident.open_status(ctx, #down > 0 and ("Service disruption: " .. table.concat(down, ", ")) or "Service disruption",
+        incident.post_status(ctx,
+          #down > 0 and ("Service disruption: " .. table.concat(down, ", ")) or "Service disruption",
           "We are investigating a disruption of the Multiship service.")
       end,
     },
@@ -122,10 +108,9 @@ return playbook {
       read_only = true,
       run = function(ctx)
         local live, idle = ctx.state.live, ctx.state.idle
-        local choices = {}
-        for _, m in ipairs(MITIGATIONS) do
-          if (m ~= "failover" or idle) and (m ~= "rollback" or live.previous_revision) then choices[#choices + 1] = m end
-        end
+        local choices = incident.offered(MITIGATIONS, function(m)
+          return (m ~= "failover" or idle) and (m ~= "rollback" or live.previous_revision)
+        end)
         if idle then
           ctx.log.info(string.format("failover: traffic from %s (%s) to %s (%s, %d replicas)", live.colour, live.image,
             idle.colour, idle.image, idle.replicas))
@@ -150,8 +135,7 @@ return playbook {
         else
           k8s.scale(idle.name, ctx.state.scale_to)
         end
-        if ctx.plan then return end
-        k8s.rollout_status(idle.name, { timeout = ctx.params.rollout_timeout, quiet = true })
+        if not incident.wait_rollout(ctx, idle.name, { quiet = true }) then return end
         ctx.log.info(string.format("%s (%s) has %d ready replicas", idle.name, idle.image, ctx.state.scale_to))
       end,
       undo = function(ctx)
@@ -172,53 +156,32 @@ return playbook {
 
     step "roll back the live colour" {
       when = function(ctx) return ctx.state.mitigation == "rollback" end,
-      run = function(ctx)
-        local name = ctx.state.live.name
-        local now = multiship.container_image(k8s.get("deployment", name))
-        if now ~= ctx.state.live.image then
-          -- a resumed run whose rollback was sent before it died: another undo would go forward
-          ctx.log.info(string.format("%s already runs %s: the rollback was sent", name, now))
-        else
-          local r = k8s.rollout_undo(name)
-          if r and r.skipped then error(r.message, 0) end
-        end
-        if ctx.plan then return end
-        k8s.rollout_status(name, { timeout = ctx.params.rollout_timeout })
-      end,
+      run = function(ctx) incident.roll_back(ctx, ctx.state.live.name, ctx.state.live.image) end,
       undo = function(ctx)
-        local name = ctx.state.live.name
-        if multiship.container_image(k8s.get("deployment", name)) == ctx.state.live.image then return end
-        k8s.rollout_undo(name, { to_revision = ctx.state.live.revision })
+        local live = ctx.state.live
+        incident.roll_forward(live.name, live.image, live.revision)
       end,
     },
 
     step "scale up the live colour" {
       when = function(ctx) return ctx.state.mitigation == "scale" end,
-      run = function(ctx)
-        k8s.scale(ctx.state.live.name, ctx.state.scale_to)
-        if not ctx.plan then
-          k8s.rollout_status(ctx.state.live.name, { timeout = ctx.params.rollout_timeout, quiet = true })
-        end
-      end,
+      run = function(ctx) incident.scale(ctx, ctx.state.live.name, ctx.state.scale_to) end,
       undo = function(ctx)
         k8s.scale(ctx.state.live.name, ctx.state.live.replicas)
       end,
     },
 
     step "tell the status page the fix is in" {
-      when = function(ctx) return ctx.state.mitigation ~= "none" and next(ctx.state.status_page or {}) ~= nil end,
-      run = function(ctx)
-        incident.update_status(ctx, "monitoring", "A fix has been put in place and we are monitoring the results.")
-      end,
+      when = function(ctx) return ctx.state.mitigation ~= "none" and incident.status_open(ctx) end,
+      run = function(ctx) incident.fix_in(ctx) end,
     },
 
     step "investigate the root cause" {
       read_only = true,
       run = function(ctx)
         local live = ctx.state.live.name
-        ctx.state.evidence_after = incident.report_evidence(ctx, incident.evidence(live), live .. " now")
-        ctx.state.changes = incident.what_changed(ctx, live, ctx.params.recent)
-        for _, line in ipairs(ctx.state.changes) do ctx.log.info("changed lately: " .. line) end
+        ctx.state.evidence_after = incident.report_evidence(ctx, live, live .. " now")
+        ctx.state.changes = incident.report_changes(ctx, live)
       end,
     },
 
@@ -226,9 +189,8 @@ return playbook {
       read_only = true,
       run = function(ctx)
         if ctx.plan then return end
-        local url = user_url(ctx.env)
-        incident.verify(ctx, url, { paths = { "/health", "/api/health/database" }, within = ctx.params.verify_within,
-          count = ctx.params.gate_count })
+        local url = incident.user_url(ctx.env)
+        incident.verify(ctx, url, { paths = { "/health", "/api/health/database" } })
         if ctx.env.site_url then
           local r = health.check({ ctx.env.site_url, within = ctx.params.verify_within, interval = "2s" })
           if not r.ok then error("the website is not restored: " .. r.reason, 0) end
