@@ -7,19 +7,25 @@ local project = require("project")
 local fixture = require("fixture")
 local prometheus = require("prometheus")
 
+-- Playbook code: count() returns how many runs came before this one (0 for the first),
+-- kept in count.txt in the project.
+local COUNTER = [[
+local function count()
+  local f = io.open("count.txt")
+  local n = f and tonumber(f:read("a")) or 0
+  if f then f:close() end
+  f = io.open("count.txt", "w")
+  f:write(tostring(n + 1))
+  f:close()
+  return n
+end
+]]
+
 -- A counter file makes every other run fail; the step name needs escaping in labels.
-local ALTERNATING = [[
+local ALTERNATING = COUNTER .. [[
 return playbook { steps = {
   step "count" {
-    run = function(ctx)
-      local f = io.open("count.txt")
-      local n = f and tonumber(f:read("a")) or 0
-      if f then f:close() end
-      f = io.open("count.txt", "w")
-      f:write(tostring(n + 1))
-      f:close()
-      ctx.state.n = n
-    end,
+    run = function(ctx) ctx.state.n = count() end,
     undo = function() end,
   },
   step 'say "hi" \\ there' { run = function(ctx)
@@ -173,15 +179,10 @@ describe("tug run --every", function()
       return { status = 200, body = "ok" }
     end })
     -- runs 1-2 succeed, 3-4 fail, 5 onwards succeed
-    p:write("playbooks/flaky.lua", [[
+    p:write("playbooks/flaky.lua", COUNTER .. [[
 return playbook { steps = {
-  step "count" { run = function(ctx)
-    local f = io.open("count.txt")
-    local n = f and tonumber(f:read("a")) or 0
-    if f then f:close() end
-    f = io.open("count.txt", "w")
-    f:write(tostring(n + 1))
-    f:close()
+  step "count" { run = function()
+    local n = count()
     if n == 2 or n == 3 then error("run " .. (n + 1) .. " fails") end
   end },
 } }

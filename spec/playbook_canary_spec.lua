@@ -7,12 +7,6 @@ local harness = require("playbook_harness")
 local prometheus = require("prometheus")
 local runs = require("playbook_runs")
 
--- For runs whose gate must pass: the healthy versions without their background 0.05% of
--- errors (a one-second probe cannot tell that from the 0.1% threshold; see
--- multiship.error_rate_low), so only the tests about noise depend on it.
-local QUIET = { extends = "default", images = { ["multiship/api"] = { versions = {
-  ["v2.1.0"] = { error_rate = 0 }, ["v2.2.0"] = { error_rate = 0 } } } } }
-
 local function replicas(cluster, name) return cluster:get("deployments", "multiship", name).spec.replicas end
 
 -- The "canary at N% of traffic (...; asked for W%)" lines of a run: the weights it went through.
@@ -33,21 +27,13 @@ end
 
 describe("canary", function()
   local h, cluster
-
-  after_each(function() if h then h:close() end end)
-
-  local function start(opts)
-    h = harness.new(opts)
-    cluster = h.cluster
-  end
+  local new_harness = harness.per_test()
+  local function start(opts) h, cluster = new_harness(opts) end
 
   it("of a bad version fails its analysis at the environment's first weight and returns all traffic to stable", function()
     start({ env = "canary: { weights: [10, 50, 100] }\n" })
     local r = h:tug({ "run", "canary", "version=v2.2.1-bad", "--yes", "analysis_count=2", "analysis_interval=500ms" })
-    assert.are.equal(1, r.code, r.stdout .. r.stderr)
-    local e = h:run_end(r)
-    assert.are.equal("rolled-back", e.status)
-    assert.matches("analysis at 10%%: .*failed", e.reason)
+    runs.failed(h, r, "rolled-back", "analysis at 10%%: .*failed")
     assert.are.equal("failure", analysis_state(h, r)[1].metrics["error-rate"].verdict)
     assert.are.same({ 10 }, asked(h, r))
     assert.are.equal(0, replicas(cluster, "api-canary"))
@@ -68,7 +54,7 @@ describe("canary", function()
   end)
 
   it("takes its weights from the param over the environment's", function()
-    start({ scenario = QUIET, env = "canary: { weights: [10, 50, 100] }\n" })
+    start({ quiet = true, env = "canary: { weights: [10, 50, 100] }\n" })
     local r = h:tug({ "run", "canary", "version=v2.2.0", "weights=50,100", "--yes", "analysis_count=1",
       "analysis_interval=500ms" })
     assert.are.equal(0, r.code, r.stdout .. r.stderr)
@@ -89,7 +75,7 @@ describe("canary", function()
   end)
 
   it("whose promotion does not roll out puts stable back on its version", function()
-    start({ scenario = QUIET })
+    start({ quiet = true })
     -- the canary passes; then v2.2.0 stops becoming ready, as the stable pods roll to it
     local injected = task.spawn(function()
       while h:image("api-blue") ~= "multiship/api:v2.2.0" do task.sleep(0.02) end
@@ -98,10 +84,7 @@ describe("canary", function()
     local r = h:tug({ "run", "canary", "version=v2.2.0", "weights=50,100", "--yes", "analysis_count=1",
       "analysis_interval=500ms", "rollout_timeout=1500ms" })
     injected:wait()
-    assert.are.equal(1, r.code, r.stdout .. r.stderr)
-    local e = h:run_end(r)
-    assert.are.equal("rolled-back", e.status)
-    assert.matches("promote the canary to stable.*timed out", e.reason)
+    runs.failed(h, r, "rolled-back", "promote the canary to stable.*timed out")
     assert.are.equal("multiship/api:v2.1.0", h:image("api-blue"))
     assert.are.equal(0, replicas(cluster, "api-canary"))
     assert.is_true(cluster:wait_for(function()
@@ -111,20 +94,16 @@ describe("canary", function()
 
   it("plans: lists the writes and sends none", function()
     start()
-    local before = runs.snapshot(cluster)
-    local r = h:tug({ "plan", "canary", "version=v2.2.0" })
-    assert.are.equal(0, r.code, r.stdout .. r.stderr)
-    local text = h:changes(r)
+    local text, r = runs.plan(h, { "plan", "canary", "version=v2.2.0" })
     assert.matches("k8s: patch deployment multiship/api%-canary", text)
     assert.matches("k8s: patch deployment multiship/api%-blue", text) -- the promotion
     assert.are.same({ 5, 10, 25, 50 }, asked(h, r))
-    runs.unchanged(cluster, before)
     assert.are.equal("multiship/api:v2.1.0", h:image("api-canary"))
     assert.are.equal(0, replicas(cluster, "api-canary"))
   end)
 
   it("killed with -9 during its analysis, resumes and promotes", function()
-    start({ scenario = QUIET })
+    start({ quiet = true })
     local run_id = runs.kill_when(h, { "run", "canary", "version=v2.2.0", "weights=50,100", "--yes",
       "analysis_count=3", "analysis_interval=1s" }, function(e)
         return e.event == "log" and e.message:match("^canary at") ~= nil
@@ -149,7 +128,7 @@ describe("canary gated by a real Prometheus", function()
   lazy_setup(function()
     -- quiet: at the few requests a second of the simulated traffic, one error in a
     -- five-second window would read as 1%
-    h = harness.new({ scenario = QUIET })
+    h = harness.new({ quiet = true })
     local sim_target = { address = h.cluster.url:match("^http://(.*)$"), close = function() end }
     prom = prometheus.start({ targets = { sim_target }, scrape_interval = "1s" })
     h:write_env(string.format([[
@@ -166,10 +145,7 @@ canary: { weights: [10, 50, 100] }
 
   it("fails the analysis of v2.2.1-bad on its error rate and returns all traffic to stable", function()
     local r = h:tug({ "run", "canary", "version=v2.2.1-bad", "--yes" })
-    assert.are.equal(1, r.code, r.stdout .. r.stderr)
-    local e = h:run_end(r)
-    assert.are.equal("rolled-back", e.status)
-    assert.matches("analysis at 10%%: .* failed", e.reason)
+    runs.failed(h, r, "rolled-back", "analysis at 10%%: .* failed")
     local a = analysis_state(h, r)
     assert.are.equal("prometheus", a[1].provider)
     assert.are.equal("failure", a[1].metrics["error-rate"].verdict)

@@ -7,12 +7,6 @@ local aws_fixture = require("aws_fixture")
 local harness = require("playbook_harness")
 local runs = require("playbook_runs")
 
--- For runs whose gate must pass: the healthy versions without their background 0.05% of
--- errors (a one-second probe cannot tell that from the 0.1% threshold; see
--- multiship.error_rate_low), so only the tests about noise depend on it.
-local QUIET = { extends = "default", images = { ["multiship/api"] = { versions = {
-  ["v2.1.0"] = { error_rate = 0 }, ["v2.2.0"] = { error_rate = 0 } } } } }
-
 local function flag(cluster, name, token)
   local status, _, body = cluster:request({ method = "GET", path = "/svc/multiship/api-service/admin/features/" .. name,
     headers = { authorization = "Bearer " .. (token or "sim-admin-token") } })
@@ -24,16 +18,11 @@ local function posts(cluster) return runs.app_requests(cluster, "/admin/features
 
 describe("feature-flag", function()
   local h, cluster
-
-  after_each(function() if h then h:close() end end)
-
-  local function start(opts)
-    h = harness.new(opts)
-    cluster = h.cluster
-  end
+  local new_harness = harness.per_test()
+  local function start(opts) h, cluster = new_harness(opts) end
 
   it("switches a flag, keeps it when the error rate holds, and reports its usage", function()
-    start({ scenario = QUIET })
+    start({ quiet = true })
     local r = h:tug({ "run", "feature-flag", "feature=new-shipment-tracking", "enabled=true", "watch=1s",
       "interval=500ms", "--yes" })
     assert.are.equal(0, r.code, r.stdout .. r.stderr)
@@ -50,57 +39,33 @@ describe("feature-flag", function()
     local r = h:tug({ "run", "feature-flag", "feature=new-shipment-tracking", "enabled=true", "watch=2s",
       "interval=500ms", "--yes" })
     breaker:wait()
-    assert.are.equal(1, r.code, r.stdout .. r.stderr)
-    local e = h:run_end(r)
-    assert.are.equal("rolled-back", e.status)
-    assert.matches("after the switch: error%-rate failed", e.reason)
+    runs.failed(h, r, "rolled-back", "after the switch: error%-rate failed")
     assert.is_false(flag(cluster, "new-shipment-tracking").enabled)
     assert.are.equal(2, posts(cluster)) -- on, then back off
   end)
 
   it("fails before touching the admin API when the environment has no admin_token", function()
-    start()
-    runs.write_env(h, [[
-name: sim
-url: {cluster}/svc/multiship/api-service
-service_url: {cluster}/svc/multiship/{service}
-kubernetes: { kubeconfig: {dir}/kubeconfig, namespace: multiship }
-thresholds: { p95_ms: 500, error_rate: 0.001 }
-]])
+    start({ admin_token = false })
     local r = h:tug({ "run", "feature-flag", "feature=new-shipment-tracking", "enabled=true", "--yes" })
-    assert.are.equal(1, r.code, r.stdout .. r.stderr)
-    assert.matches("the sim environment has no admin_token", h:run_end(r).reason)
+    runs.failed(h, r, nil, "the sim environment has no admin_token")
     assert.are.equal(0, posts(cluster))
     assert.is_false(flag(cluster, "new-shipment-tracking").enabled)
   end)
 
   it("plans: lists the switch and leaves the admin API untouched", function()
     start()
-    local before = runs.snapshot(cluster)
-    local r = h:tug({ "plan", "feature-flag", "feature=new-shipment-tracking", "enabled=true" })
-    assert.are.equal(0, r.code, r.stdout .. r.stderr)
-    assert.matches("POST .*/admin/features", h:changes(r))
+    local text = runs.plan(h, { "plan", "feature-flag", "feature=new-shipment-tracking", "enabled=true" })
+    assert.matches("POST .*/admin/features", text)
     assert.are.equal(0, posts(cluster))
     assert.is_false(flag(cluster, "new-shipment-tracking").enabled)
-    runs.unchanged(cluster, before)
   end)
 
   it("takes its bearer token from Secrets Manager and never shows it", function()
     local fixture = aws_fixture.start()
     local ok, err = pcall(function()
       local token = "tok-3f9a8b7c6d5e" -- the fixture's secret prod/api-token
-      local scenario = { admin_token = token }
-      for k, v in pairs(QUIET) do scenario[k] = v end
-      start({ scenario = scenario })
-      runs.write_env(h, [[
-name: sim
-url: {cluster}/svc/multiship/api-service
-service_url: {cluster}/svc/multiship/{service}
-kubernetes: { kubeconfig: {dir}/kubeconfig, namespace: multiship }
-thresholds: { p95_ms: 500, error_rate: 0.001 }
-aws: { region: us-east-1, endpoint_url: ]] .. fixture.url .. [[ }
-admin_token: ${secret:aws:prod/api-token}
-]])
+      start({ quiet = true, scenario = { admin_token = token }, admin_token = "${secret:aws:prod/api-token}",
+        env = "aws: { region: us-east-1, endpoint_url: " .. fixture.url .. " }\n" })
       local r = h:tug({ "run", "feature-flag", "feature=new-shipment-tracking", "enabled=true", "watch=500ms",
         "interval=500ms", "--yes" }, { env = { AWS_ACCESS_KEY_ID = aws_fixture.ACCESS_KEY,
         AWS_SECRET_ACCESS_KEY = aws_fixture.SECRET_KEY } })

@@ -13,12 +13,8 @@ end
 
 describe("verify", function()
   local h, cluster
-
-  before_each(function()
-    h = harness.new()
-    cluster = h.cluster
-  end)
-  after_each(function() h:close() end)
+  local new_harness = harness.per_test()
+  before_each(function() h, cluster = new_harness() end)
 
   it("passes a healthy API, reporting timings, the load check and the database", function()
     local r = h:tug({ "run", "verify", "load_duration=1s", "within=3s" })
@@ -34,26 +30,20 @@ describe("verify", function()
   it("fails, saying why, when its health endpoints fail", function()
     cluster:fault({ type = "unhealthy", version = "v2.1.0", status = 503 })
     local r = h:tug({ "run", "verify", "load_duration=1s", "within=2s" })
-    assert.are.equal(1, r.code, r.stdout .. r.stderr)
-    local e = h:run_end(r)
-    assert.matches("check the health endpoints", e.reason)
-    assert.matches("status 503", e.reason)
+    runs.failed(h, r, nil, "check the health endpoints", "status 503")
   end)
 
   it("fails when a response takes longer than the P95 threshold", function()
     cluster:fault({ type = "latency", version = "v2.1.0", add = "600ms" })
     local r = h:tug({ "run", "verify", "load_duration=1s", "within=5s" })
-    assert.are.equal(1, r.code, r.stdout .. r.stderr)
-    assert.matches("GET /api/orders took %d+ ms, over the 500 ms limit", h:run_end(r).reason)
+    runs.failed(h, r, nil, "GET /api/orders took %d+ ms, over the 500 ms limit")
   end)
 
   it("fails the load check when the error rate is surely over the threshold", function()
     cluster:fault({ type = "error_rate", version = "v2.1.0", rate = 0.2 })
     local r = h:tug({ "run", "verify", "load_duration=1s", "within=3s" })
-    assert.are.equal(1, r.code, r.stdout .. r.stderr)
-    local e = h:run_end(r)
-    assert.matches("run a short load check", e.reason)
-    assert.matches("error rate [%d.]+%% %(%d+ of %d+ requests: %d+ x status 500%) is over the 0.1%% limit %(surely at least", e.reason)
+    runs.failed(h, r, nil, "run a short load check",
+      "error rate [%d.]+%% %(%d+ of %d+ requests: %d+ x status 500%) is over the 0.1%% limit %(surely at least")
   end)
 
   it("plans: sends no write and no load", function()

@@ -3,6 +3,8 @@
 -- Works with a playbook_harness (h.cluster is the in-process simulator, h.dir its files).
 --
 --   local before = runs.snapshot(h.cluster)  ... plan ...  runs.unchanged(h.cluster, before)
+--   local text, r = runs.plan(h, { "plan", "deploy", "version=v2.2.0" })  -- both in one
+--   local e = runs.failed(h, r, "rolled-back", "timed out")
 --   local run_id = runs.kill_when(h, { "run", "blue-green", ... }, function(e) ... end)
 --   local r = runs.resume(h, run_id)
 package.path = "spec/support/?.lua;" .. package.path
@@ -52,6 +54,27 @@ end
 function runs.unchanged(cluster, before)
   assert.are.equal(before.writes, runs.api_writes(cluster), "write requests reached the simulated API")
   assert.are.equal(before.rv, cluster:state().resourceVersion, "the cluster's resourceVersion moved")
+end
+
+-- Runs `tug plan ...` (args, with "plan" first) through the harness, asserts it exited 0
+-- and wrote nothing to the cluster; returns the changes it listed (harness:changes) and
+-- exec's result.
+function runs.plan(h, args)
+  local before = runs.snapshot(h.cluster)
+  local r = h:tug(args)
+  assert.are.equal(0, r.code, r.stdout .. r.stderr)
+  runs.unchanged(h.cluster, before)
+  return h:changes(r), r
+end
+
+-- Asserts a run exited 1 and ended with `status` (nil: any), its reason matching every
+-- pattern after it; returns its run_end event.
+function runs.failed(h, r, status, ...)
+  assert.are.equal(1, r.code, r.stdout .. r.stderr)
+  local e = h:run_end(r)
+  if status then assert.are.equal(status, e.status) end
+  for _, pattern in ipairs({ ... }) do assert.matches(pattern, e.reason) end
+  return e
 end
 
 local function child_env(h)
@@ -117,15 +140,6 @@ end
 -- tug show RUN_ID (plain text).
 function runs.show(h, run_id)
   return exec.run({ child.tug, "show", run_id }, { env = child_env(h), timeout = 30 })
-end
-
--- Rewrites the harness's environment file with exactly this YAML (for settings the
--- harness writes itself, such as admin_token); {cluster} is the simulator's URL and
--- {dir} the harness directory.
-function runs.write_env(h, text)
-  local f = assert(io.open(h.dir .. "/environments/sim.yaml", "w"))
-  f:write((text:gsub("{cluster}", h.cluster.url):gsub("{dir}", h.dir)))
-  f:close()
 end
 
 return runs
