@@ -111,4 +111,30 @@ const char *tug_redact_push(lua_State *L, const char *s, size_t len, size_t *out
 /* Writes s to a stdio stream with secrets replaced. */
 void tug_redact_write(FILE *f, const char *s, size_t len);
 
+/* ---- byte buffers (runtime/buf.c) ---- */
+
+/* A growable run of bytes. A zeroed tug_buf is empty and ready; data is NULL until the
+   first byte. Callers read data and len directly and may lower len to drop bytes from the
+   end (len = 0 empties it and keeps the memory). Safe in libuv and libcurl callbacks:
+   nothing raises or aborts; when memory runs out an operation returns -1 and the bytes
+   already there stay as they were. */
+typedef struct tug_buf {
+  char *data;
+  size_t len, cap;
+} tug_buf;
+
+/* Makes room for `extra` more bytes, so that appends of that many cannot fail. 0 or -1. */
+int tug_buf_reserve(tug_buf *b, size_t extra);
+/* Appends n bytes. 0 or -1. */
+int tug_buf_append(tug_buf *b, const void *s, size_t n);
+/* Appends printf-style text (without its terminating NUL). 0 or -1. */
+int tug_buf_appendf(tug_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Drops the first n bytes (all of them when n >= len). */
+void tug_buf_consume(tug_buf *b, size_t n);
+/* Hands the bytes over: returns data (the caller frees it, NULL when nothing was ever
+   appended) and leaves b empty with no memory. */
+char *tug_buf_take(tug_buf *b);
+/* Frees the memory; b is empty and ready again. */
+void tug_buf_free(tug_buf *b);
+
 #endif

@@ -41,11 +41,6 @@ extern char **environ;
 enum { EXEC_STDIN, EXEC_STDOUT, EXEC_STDERR };
 enum { EXEC_WAIT_EXIT, EXEC_WAIT_LINES };
 
-typedef struct exec_buf {
-  char *data;
-  size_t len, cap;
-} exec_buf;
-
 typedef struct exec_proc exec_proc;
 
 typedef struct exec_op {
@@ -89,10 +84,10 @@ struct exec_proc {
   int lines;     /* still buffering lines (wait() ends it) */
   int paused;    /* reading stopped because too many lines wait for the task */
   int truncated;
-  exec_buf out[3];     /* captured stdout and stderr (index 1 and 2) */
-  exec_buf partial[3]; /* the incomplete last line of each stream, when lines is on */
-  int split[3];        /* the last piece queued was cut at EXEC_MAX_LINE, not at a newline */
-  exec_buf queue;      /* complete lines: records of stream byte, size_t length, bytes */
+  tug_buf out[3];     /* captured stdout and stderr (index 1 and 2) */
+  tug_buf partial[3]; /* the incomplete last line of each stream, when lines is on */
+  int split[3];       /* the last piece queued was cut at EXEC_MAX_LINE, not at a newline */
+  tug_buf queue;      /* complete lines: records of stream byte, size_t length, bytes */
   char read_buf[3][EXEC_READ_SIZE];
 };
 
@@ -150,48 +145,16 @@ static int check_signal(lua_State *L, int arg, int def) {
   return luaL_argerror(L, arg, lua_pushfstring(L, "unknown signal '%s'", s));
 }
 
-/* ---- buffers (used from callbacks: they never raise, they report failure) ---- */
-
-static int buf_reserve(exec_buf *b, size_t extra) {
-  if (b->cap - b->len >= extra)
-    return 0;
-  size_t cap = b->cap ? b->cap : 256;
-  while (cap - b->len < extra)
-    cap *= 2;
-  char *data = realloc(b->data, cap);
-  if (!data)
-    return -1;
-  b->data = data;
-  b->cap = cap;
-  return 0;
-}
-
-static int buf_append(exec_buf *b, const void *s, size_t n) {
-  if (n == 0)
-    return 0;
-  if (buf_reserve(b, n) != 0)
-    return -1;
-  memcpy(b->data + b->len, s, n);
-  b->len += n;
-  return 0;
-}
-
-static void buf_free(exec_buf *b) {
-  free(b->data);
-  b->data = NULL;
-  b->len = b->cap = 0;
-}
-
 /* ---- lifetime ---- */
 
 static void proc_maybe_free(exec_proc *p) {
   if (p->handles_open > 0 || p->attached || p->pinned || p->waiter)
     return;
   for (int i = 0; i < 3; i++) {
-    buf_free(&p->out[i]);
-    buf_free(&p->partial[i]);
+    tug_buf_free(&p->out[i]);
+    tug_buf_free(&p->partial[i]);
   }
-  buf_free(&p->queue);
+  tug_buf_free(&p->queue);
   free(p->stdin_data);
   free(p);
 }
@@ -238,17 +201,17 @@ static void queue_line(exec_proc *p, int stream, const char *s, size_t n) {
   if (n > 0 && s[n - 1] == '\r')
     n--;
   unsigned char tag = (unsigned char)stream;
-  if (buf_reserve(&p->queue, 1 + sizeof n + n) != 0) {
+  if (tug_buf_reserve(&p->queue, 1 + sizeof n + n) != 0) {
     p->truncated = 1;
     return;
   }
-  buf_append(&p->queue, &tag, 1);
-  buf_append(&p->queue, &n, sizeof n);
-  buf_append(&p->queue, s, n);
+  tug_buf_append(&p->queue, &tag, 1);
+  tug_buf_append(&p->queue, &n, sizeof n);
+  tug_buf_append(&p->queue, s, n);
 }
 
 static void split_lines(exec_proc *p, int stream, const char *s, size_t n) {
-  exec_buf *partial = &p->partial[stream];
+  tug_buf *partial = &p->partial[stream];
   while (n > 0) {
     const char *nl = memchr(s, '\n', n);
     size_t take = nl ? (size_t)(nl - s) : n;
@@ -262,7 +225,7 @@ static void split_lines(exec_proc *p, int stream, const char *s, size_t n) {
         queue_line(p, stream, s, take);
       p->split[stream] = 0;
     } else {
-      if (buf_append(partial, s, take) != 0)
+      if (tug_buf_append(partial, s, take) != 0)
         p->truncated = 1;
       if (nl || partial->len >= EXEC_MAX_LINE) {
         queue_line(p, stream, partial->data, partial->len);
@@ -278,7 +241,7 @@ static void split_lines(exec_proc *p, int stream, const char *s, size_t n) {
 }
 
 static void flush_partial(exec_proc *p, int stream) {
-  exec_buf *partial = &p->partial[stream];
+  tug_buf *partial = &p->partial[stream];
   if (p->lines && partial->len > 0)
     queue_line(p, stream, partial->data, partial->len);
   partial->len = 0;
@@ -331,10 +294,10 @@ static void on_read(uv_stream_t *stream_handle, ssize_t nread, const uv_buf_t *b
   }
   size_t n = (size_t)nread;
   if (p->capture) {
-    exec_buf *out = &p->out[stream];
+    tug_buf *out = &p->out[stream];
     size_t room = p->max_output - out->len;
     size_t take = n < room ? n : room;
-    if (buf_append(out, buf->base, take) != 0 || take < n)
+    if (tug_buf_append(out, buf->base, take) != 0 || take < n)
       p->truncated = 1;
   }
   if (p->lines) {

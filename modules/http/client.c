@@ -44,11 +44,6 @@ enum { STREAM_NONE, STREAM_CHUNKS, STREAM_LINES };
 enum { WAIT_DONE, WAIT_DATA };
 enum { DECIDE_PENDING, DECIDE_BUFFER, DECIDE_STREAM };
 
-typedef struct http_buf {
-  char *data;
-  size_t len, cap;
-} http_buf;
-
 typedef struct http_req http_req;
 
 struct http_req {
@@ -65,10 +60,10 @@ struct http_req {
   char *password; /* the URL's password, scrubbed from messages */
   char errbuf[CURL_ERROR_SIZE];
 
-  http_buf body;         /* the response body when it is not streamed */
-  http_buf header_lines; /* raw header lines of the latest response */
-  http_buf queue;        /* streamed bytes, or line records (size_t length, bytes) */
-  http_buf partial;      /* the incomplete last line */
+  tug_buf body;         /* the response body when it is not streamed */
+  tug_buf header_lines; /* raw header lines of the latest response */
+  tug_buf queue;        /* streamed bytes, or line records (size_t length, bytes) */
+  tug_buf partial;      /* the incomplete last line */
 
   int stream;   /* STREAM_* requested */
   int decision; /* DECIDE_*: streaming happens for 2xx responses only */
@@ -107,35 +102,6 @@ static struct {
   size_t max_body;
 } G = {.max_host_connections = HTTP_MAX_HOST_CONNECTIONS_DEFAULT,
        .max_body = HTTP_MAX_BODY_DEFAULT};
-
-/* ---- buffers (used from callbacks: they report failure, never raise) ---- */
-
-static int buf_append(http_buf *b, const void *s, size_t n) {
-  if (n == 0)
-    return 0;
-  if (b->cap - b->len < n) {
-    size_t cap = b->cap ? b->cap : 1024;
-    while (cap - b->len < n) {
-      if (cap > SIZE_MAX / 2)
-        return -1;
-      cap *= 2;
-    }
-    char *data = realloc(b->data, cap);
-    if (!data)
-      return -1;
-    b->data = data;
-    b->cap = cap;
-  }
-  memcpy(b->data + b->len, s, n);
-  b->len += n;
-  return 0;
-}
-
-static void buf_free(http_buf *b) {
-  free(b->data);
-  b->data = NULL;
-  b->len = b->cap = 0;
-}
 
 /* ---- URLs in messages ---- */
 
@@ -401,7 +367,7 @@ static int client_shutdown(lua_State *L) {
 static int queue_line(http_req *req, const char *s, size_t n) {
   if (n > 0 && s[n - 1] == '\r')
     n--;
-  if (buf_append(&req->queue, &n, sizeof n) != 0 || buf_append(&req->queue, s, n) != 0)
+  if (tug_buf_append(&req->queue, &n, sizeof n) != 0 || tug_buf_append(&req->queue, s, n) != 0)
     return -1;
   return 0;
 }
@@ -418,7 +384,7 @@ static int split_lines(http_req *req, const char *s, size_t n) {
       if (queue_line(req, s, take) != 0)
         return -1;
     } else {
-      if (buf_append(&req->partial, s, take) != 0)
+      if (tug_buf_append(&req->partial, s, take) != 0)
         return -1;
       if (nl) {
         if (queue_line(req, req->partial.data, req->partial.len) != 0)
@@ -457,7 +423,7 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *userp) {
       req->too_large = 1;
       return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
     }
-    if (buf_append(&req->body, data, n) != 0) {
+    if (tug_buf_append(&req->body, data, n) != 0) {
       req->out_of_memory = 1;
       return 0;
     }
@@ -467,8 +433,8 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *userp) {
     req->paused = 1; /* curl keeps these bytes and offers them again on unpause */
     return CURL_WRITEFUNC_PAUSE;
   }
-  int rc =
-      req->stream == STREAM_CHUNKS ? buf_append(&req->queue, data, n) : split_lines(req, data, n);
+  int rc = req->stream == STREAM_CHUNKS ? tug_buf_append(&req->queue, data, n)
+                                        : split_lines(req, data, n);
   if (rc != 0) {
     if (!req->too_large)
       req->out_of_memory = 1;
@@ -486,7 +452,7 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *userp) {
     req->header_lines.len = 0;
     req->decision = DECIDE_PENDING;
   }
-  if (buf_append(&req->header_lines, data, n) != 0) {
+  if (tug_buf_append(&req->header_lines, data, n) != 0) {
     req->out_of_memory = 1;
     return 0;
   }
@@ -513,10 +479,10 @@ static void req_release(http_req *req) {
   req->header_list = NULL;
   free(req->request_body);
   req->request_body = NULL;
-  buf_free(&req->body);
-  buf_free(&req->header_lines);
-  buf_free(&req->queue);
-  buf_free(&req->partial);
+  tug_buf_free(&req->body);
+  tug_buf_free(&req->header_lines);
+  tug_buf_free(&req->queue);
+  tug_buf_free(&req->partial);
 }
 
 static void req_maybe_free(http_req *req) {

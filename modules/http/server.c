@@ -21,7 +21,6 @@
  */
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,11 +48,6 @@
 /* After a final error response, how long the input is drained before closing. */
 #define SRV_LINGER_MS 2000
 #define SRV_BACKLOG 1024
-
-typedef struct srv_buf {
-  char *data;
-  size_t len, cap;
-} srv_buf;
 
 typedef struct srv_server srv_server;
 typedef struct srv_conn srv_conn;
@@ -86,14 +80,14 @@ struct srv_exchange {
   srv_conn *conn; /* NULL once the connection closed or the response went out */
 
   /* the request, until request() hands it to Lua */
-  srv_buf url, headers, body; /* headers: records of size_t length + bytes, name then value */
+  tug_buf url, headers, body; /* headers: records of size_t length + bytes, name then value */
   unsigned method;
   unsigned short http_major, http_minor;
   int keep_alive;
   int head_request;
   int upgrade;      /* an Upgrade (or CONNECT) request: the last one on its connection */
   int detached;     /* take_connection handed the socket over */
-  srv_buf raw_head; /* an upgrade request's head as received, plus the bytes after it */
+  tug_buf raw_head; /* an upgrade request's head as received, plus the bytes after it */
   int queued;       /* in conn's queue (from the end of its headers) */
   int complete;     /* the whole request has been read */
 
@@ -103,7 +97,7 @@ struct srv_exchange {
   int chunked;
   int finished; /* every byte of the response is out (or buffered) */
   int close_after;
-  srv_buf out; /* bytes waiting for the exchanges before this one */
+  tug_buf out; /* bytes waiting for the exchanges before this one */
 
   /* who refers to it */
   tug_task *task;
@@ -132,9 +126,9 @@ struct srv_conn {
   int error_status;  /* set by a parser callback that rejects the request */
   http_parser parser;
   srv_exchange *parsing; /* the request being read */
-  srv_buf field, value;
+  tug_buf field, value;
   int in_value;
-  srv_buf in; /* received bytes not parsed yet */
+  tug_buf in; /* received bytes not parsed yet */
   size_t in_off;
   srv_exchange *head, *tail;
   int queued;
@@ -182,53 +176,6 @@ static void conn_update_reading(srv_conn *c);
 static void srv_server_maybe_free(srv_server *s);
 static void srv_exchange_task_done(sched_watch *w, tug_task *finished);
 
-/* ---- buffers (used from callbacks: they report failure, never raise) ---- */
-
-static int buf_reserve(srv_buf *b, size_t extra) {
-  if (b->cap - b->len >= extra)
-    return 0;
-  size_t cap = b->cap ? b->cap : 256;
-  while (cap - b->len < extra) {
-    if (cap > SIZE_MAX / 2)
-      return -1;
-    cap *= 2;
-  }
-  char *data = realloc(b->data, cap);
-  if (data == NULL)
-    return -1;
-  b->data = data;
-  b->cap = cap;
-  return 0;
-}
-
-static int buf_append(srv_buf *b, const void *s, size_t n) {
-  if (n == 0)
-    return 0;
-  if (buf_reserve(b, n) != 0)
-    return -1;
-  memcpy(b->data + b->len, s, n);
-  b->len += n;
-  return 0;
-}
-
-static int buf_appendf(srv_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int buf_appendf(srv_buf *b, const char *fmt, ...) {
-  char tmp[512];
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-  va_end(ap);
-  if (n < 0 || (size_t)n >= sizeof tmp)
-    return -1;
-  return buf_append(b, tmp, (size_t)n);
-}
-
-static void buf_free(srv_buf *b) {
-  free(b->data);
-  b->data = NULL;
-  b->len = b->cap = 0;
-}
-
 /* ---- the Date header and reason phrases ---- */
 
 static const char *http_date(void) {
@@ -260,21 +207,21 @@ static int status_has_body(int status) { return !(status < 200 || status == 204 
 /* ---- exchanges ---- */
 
 static void ex_free_request(srv_exchange *ex) {
-  buf_free(&ex->url);
-  buf_free(&ex->headers);
-  buf_free(&ex->body);
+  tug_buf_free(&ex->url);
+  tug_buf_free(&ex->headers);
+  tug_buf_free(&ex->body);
 }
 
 static void ex_free_all(srv_exchange *ex) {
   ex_free_request(ex);
-  buf_free(&ex->raw_head);
+  tug_buf_free(&ex->raw_head);
 }
 
 static void ex_maybe_free(srv_exchange *ex) {
   if (ex->conn || ex->has_handle || ex->in_ready || ex->task || ex->writer)
     return;
   ex_free_all(ex);
-  buf_free(&ex->out);
+  tug_buf_free(&ex->out);
   free(ex);
 }
 
@@ -314,12 +261,12 @@ static void ex_simple_response(srv_exchange *ex, int status, const char *detail)
     n = (int)sizeof body - 1;
   ex->close_after = 1;
   ex->responded = ex->finished = 1;
-  if (buf_appendf(&ex->out,
-                  "HTTP/1.1 %d %s\r\nServer: tug/" TUG_VERSION "\r\nDate: %s\r\n"
-                  "Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
-                  "Connection: close\r\n\r\n",
-                  status, reason_phrase(status), http_date(), ex->head_request ? 0 : n) != 0 ||
-      (!ex->head_request && buf_append(&ex->out, body, (size_t)n) != 0)) {
+  if (tug_buf_appendf(&ex->out,
+                      "HTTP/1.1 %d %s\r\nServer: tug/" TUG_VERSION "\r\nDate: %s\r\n"
+                      "Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+                      "Connection: close\r\n\r\n",
+                      status, reason_phrase(status), http_date(), ex->head_request ? 0 : n) != 0 ||
+      (!ex->head_request && tug_buf_append(&ex->out, body, (size_t)n) != 0)) {
     if (ex->conn)
       conn_close(ex->conn);
     return;
@@ -351,7 +298,7 @@ static void on_write_done(uv_write_t *req, int status) {
 }
 
 /* Hands the buffer's bytes to libuv; the buffer is left empty. */
-static void conn_write(srv_conn *c, srv_buf *b) {
+static void conn_write(srv_conn *c, tug_buf *b) {
   if (b->len == 0)
     return;
   srv_write *w = malloc(sizeof *w);
@@ -360,10 +307,8 @@ static void conn_write(srv_conn *c, srv_buf *b) {
     return;
   }
   w->conn = c;
-  w->data = b->data;
   uv_buf_t ub = uv_buf_init(b->data, (unsigned int)b->len);
-  b->data = NULL;
-  b->len = b->cap = 0;
+  w->data = tug_buf_take(b);
   if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &ub, 1, on_write_done) != 0) {
     free(w->data);
     free(w);
@@ -425,9 +370,9 @@ static void on_conn_closed(uv_handle_t *h) {
   if (c->next)
     c->next->prev = c->prev;
   s->conn_count--;
-  buf_free(&c->field);
-  buf_free(&c->value);
-  buf_free(&c->in);
+  tug_buf_free(&c->field);
+  tug_buf_free(&c->value);
+  tug_buf_free(&c->in);
   free(c);
   srv_server_maybe_free(s);
 }
@@ -615,7 +560,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   }
   if (c->lingering)
     return;
-  if (buf_append(&c->in, buf->base, (size_t)nread) != 0) {
+  if (tug_buf_append(&c->in, buf->base, (size_t)nread) != 0) {
     conn_close(c);
     return;
   }
@@ -647,17 +592,17 @@ static int commit_header(srv_conn *c) {
     if (ch >= 'A' && ch <= 'Z')
       c->field.data[i] = (char)(ch - 'A' + 'a');
   }
-  int rc = buf_append(&ex->headers, &c->field.len, sizeof c->field.len) ||
-           buf_append(&ex->headers, c->field.data, c->field.len) ||
-           buf_append(&ex->headers, &c->value.len, sizeof c->value.len) ||
-           buf_append(&ex->headers, c->value.data, c->value.len);
+  int rc = tug_buf_append(&ex->headers, &c->field.len, sizeof c->field.len) ||
+           tug_buf_append(&ex->headers, c->field.data, c->field.len) ||
+           tug_buf_append(&ex->headers, &c->value.len, sizeof c->value.len) ||
+           tug_buf_append(&ex->headers, c->value.data, c->value.len);
   c->field.len = c->value.len = 0;
   c->in_value = 0;
   return rc ? -1 : 0;
 }
 
 /* Iterates the header records: returns 0 at the end. */
-static int next_header(const srv_buf *h, size_t *at, const char **name, size_t *nlen,
+static int next_header(const tug_buf *h, size_t *at, const char **name, size_t *nlen,
                        const char **value, size_t *vlen) {
   if (*at >= h->len)
     return 0;
@@ -688,7 +633,7 @@ static int on_url(http_parser *p, const char *at, size_t len) {
   srv_conn *c = p->data;
   if (c->closing)
     return -1;
-  return buf_append(&c->parsing->url, at, len) ? -1 : 0;
+  return tug_buf_append(&c->parsing->url, at, len) ? -1 : 0;
 }
 
 static int on_header_field(http_parser *p, const char *at, size_t len) {
@@ -697,7 +642,7 @@ static int on_header_field(http_parser *p, const char *at, size_t len) {
     return -1;
   if (c->in_value && commit_header(c) != 0)
     return -1;
-  return buf_append(&c->field, at, len) ? -1 : 0;
+  return tug_buf_append(&c->field, at, len) ? -1 : 0;
 }
 
 static int on_header_value(http_parser *p, const char *at, size_t len) {
@@ -705,25 +650,25 @@ static int on_header_value(http_parser *p, const char *at, size_t len) {
   if (c->closing)
     return -1;
   c->in_value = 1;
-  return buf_append(&c->value, at, len) ? -1 : 0;
+  return tug_buf_append(&c->value, at, len) ? -1 : 0;
 }
 
 /* An upgrade request's head, written back as it came (names lower-cased), for the protocol
    that takes the connection over (take_connection). */
 static int append_raw_head(srv_exchange *ex) {
-  srv_buf *b = &ex->raw_head;
+  tug_buf *b = &ex->raw_head;
   const char *method = http_method_str((enum http_method)ex->method);
-  if (buf_append(b, method, strlen(method)) || buf_append(b, " ", 1) ||
-      buf_append(b, ex->url.data ? ex->url.data : "/", ex->url.data ? ex->url.len : 1) ||
-      buf_appendf(b, " HTTP/%d.%d\r\n", ex->http_major, ex->http_minor) != 0)
+  if (tug_buf_append(b, method, strlen(method)) || tug_buf_append(b, " ", 1) ||
+      tug_buf_append(b, ex->url.data ? ex->url.data : "/", ex->url.data ? ex->url.len : 1) ||
+      tug_buf_appendf(b, " HTTP/%d.%d\r\n", ex->http_major, ex->http_minor) != 0)
     return -1;
   size_t at = 0, nlen, vlen;
   const char *name, *value;
   while (next_header(&ex->headers, &at, &name, &nlen, &value, &vlen))
-    if (buf_append(b, name, nlen) || buf_append(b, ": ", 2) || buf_append(b, value, vlen) ||
-        buf_append(b, "\r\n", 2))
+    if (tug_buf_append(b, name, nlen) || tug_buf_append(b, ": ", 2) ||
+        tug_buf_append(b, value, vlen) || tug_buf_append(b, "\r\n", 2))
       return -1;
-  return buf_append(b, "\r\n", 2);
+  return tug_buf_append(b, "\r\n", 2);
 }
 
 static int on_headers_complete(http_parser *p) {
@@ -762,7 +707,7 @@ static int on_headers_complete(http_parser *p) {
     while (next_header(&ex->headers, &at, &name, &nlen, &value, &vlen)) {
       if (nlen == 6 && memcmp(name, "expect", 6) == 0 && vlen == 12 &&
           strncasecmp(value, "100-continue", 12) == 0) {
-        if (buf_append(&ex->out, "HTTP/1.1 100 Continue\r\n\r\n", 25) != 0)
+        if (tug_buf_append(&ex->out, "HTTP/1.1 100 Continue\r\n\r\n", 25) != 0)
           return -1;
         conn_flush(c);
         break;
@@ -781,7 +726,7 @@ static int on_body(http_parser *p, const char *at, size_t len) {
     c->error_status = 413;
     return -1;
   }
-  if (buf_append(&ex->body, at, len) != 0)
+  if (tug_buf_append(&ex->body, at, len) != 0)
     return -1;
   if (c->timer_kind == TIMER_REQUEST) { /* progress: the body may take its time */
     c->timer_kind = TIMER_NONE;
@@ -844,7 +789,7 @@ static void conn_process_input(srv_conn *c) {
       c->no_more_requests = 1;
       /* bytes after it belong to the new protocol, should a handler take the connection */
       if (c->tail && c->tail->upgrade && c->tail->complete && c->in_off < c->in.len &&
-          buf_append(&c->tail->raw_head, c->in.data + c->in_off, c->in.len - c->in_off) != 0)
+          tug_buf_append(&c->tail->raw_head, c->in.data + c->in_off, c->in.len - c->in_off) != 0)
         conn_close(c);
     }
   }
@@ -852,13 +797,11 @@ static void conn_process_input(srv_conn *c) {
     c->processing = 0;
     return;
   }
-  if (c->in_off >= c->in.len || c->no_more_requests) {
-    c->in.len = c->in_off = 0;
-  } else if (c->in_off > 0) {
-    memmove(c->in.data, c->in.data + c->in_off, c->in.len - c->in_off);
-    c->in.len -= c->in_off;
-    c->in_off = 0;
-  }
+  if (c->no_more_requests)
+    c->in.len = 0;
+  else
+    tug_buf_consume(&c->in, c->in_off);
+  c->in_off = 0;
   c->processing = 0;
   if (c->head == NULL && c->no_more_requests && !c->shutting) {
     conn_finish(c);
@@ -1418,19 +1361,19 @@ static int check_header(lua_State *L, head_info *info) {
   return vt == LUA_TTABLE ? HEADER_LIST : HEADER_ONE;
 }
 
-static void append_header_line(lua_State *L, srv_buf *out, const char *name, size_t nlen,
+static void append_header_line(lua_State *L, tug_buf *out, const char *name, size_t nlen,
                                int failed[static 1]) {
   size_t vlen;
   const char *value = lua_tolstring(L, -1, &vlen);
-  if (buf_append(out, name, nlen) || buf_append(out, ": ", 2) || buf_append(out, value, vlen) ||
-      buf_append(out, "\r\n", 2))
+  if (tug_buf_append(out, name, nlen) || tug_buf_append(out, ": ", 2) ||
+      tug_buf_append(out, value, vlen) || tug_buf_append(out, "\r\n", 2))
     *failed = 1;
 }
 
 /* Appends the status line and the headers of the table at idx (nil for none) to out:
    a first pass checks everything (it may raise), a second writes (it does not). */
 static int append_head(lua_State *L, srv_exchange *ex, int status, int idx, head_info *info,
-                       srv_buf *out) {
+                       tug_buf *out) {
   int has_table = !lua_isnoneornil(L, idx);
   if (has_table && !lua_istable(L, idx))
     luaL_error(L, "http.server: headers must be a table (got %s)", luaL_typename(L, idx));
@@ -1441,7 +1384,7 @@ static int append_head(lua_State *L, srv_exchange *ex, int status, int idx, head
       lua_pop(L, 1);
     }
   }
-  int failed = buf_appendf(out, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status)) != 0;
+  int failed = tug_buf_appendf(out, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status)) != 0;
   if (has_table) {
     lua_pushnil(L);
     while (lua_next(L, idx)) {
@@ -1465,10 +1408,10 @@ static int append_head(lua_State *L, srv_exchange *ex, int status, int idx, head
     }
   }
   if (!info->has_date)
-    failed |= buf_appendf(out, "Date: %s\r\n", http_date()) != 0;
+    failed |= tug_buf_appendf(out, "Date: %s\r\n", http_date()) != 0;
   if (!info->has_server)
-    failed |= buf_append(out, "Server: tug/" TUG_VERSION "\r\n",
-                         sizeof "Server: tug/" TUG_VERSION "\r\n" - 1) != 0;
+    failed |= tug_buf_append(out, "Server: tug/" TUG_VERSION "\r\n",
+                             sizeof "Server: tug/" TUG_VERSION "\r\n" - 1) != 0;
   srv_conn *c = ex->conn;
   if (c == NULL || !ex->keep_alive || c->server->closing)
     info->close = 1;
@@ -1476,13 +1419,13 @@ static int append_head(lua_State *L, srv_exchange *ex, int status, int idx, head
 }
 
 /* The end of the head: framing, Connection, the blank line. */
-static int append_head_end(srv_exchange *ex, srv_buf *out, const char *framing, int close) {
+static int append_head_end(srv_exchange *ex, tug_buf *out, const char *framing, int close) {
   const char *conn_line = close ? "Connection: close\r\n"
                           : (ex->http_major == 1 && ex->http_minor == 0)
                               ? "Connection: keep-alive\r\n"
                               : "";
-  return buf_append(out, framing, strlen(framing)) ||
-                 buf_append(out, conn_line, strlen(conn_line)) || buf_append(out, "\r\n", 2)
+  return tug_buf_append(out, framing, strlen(framing)) ||
+                 tug_buf_append(out, conn_line, strlen(conn_line)) || tug_buf_append(out, "\r\n", 2)
              ? -1
              : 0;
 }
@@ -1502,7 +1445,7 @@ static int exchange_respond(lua_State *L) {
   const char *body = luaL_optlstring(L, 4, "", &body_len);
   int status = check_status(L, ex, "respond");
   head_info info = {0, 0, 0};
-  srv_buf *out = &ex->out;
+  tug_buf *out = &ex->out;
   size_t mark = out->len;
   int failed = append_head(L, ex, status, 3, &info, out) != 0;
   ex->responded = ex->finished = 1;
@@ -1519,7 +1462,7 @@ static int exchange_respond(lua_State *L) {
   if (ex->head_request)
     body_len = 0;
   failed = failed || append_head_end(ex, out, framing, info.close) != 0 ||
-           buf_append(out, body, body_len) != 0;
+           tug_buf_append(out, body, body_len) != 0;
   ex->close_after = info.close;
   if (failed) {
     out->len = mark;
@@ -1536,7 +1479,7 @@ static int exchange_start_stream(lua_State *L) {
   srv_exchange *ex = check_exchange(L);
   int status = check_status(L, ex, "stream");
   head_info info = {0, 0, 0};
-  srv_buf *out = &ex->out;
+  tug_buf *out = &ex->out;
   size_t mark = out->len;
   int failed = append_head(L, ex, status, 3, &info, out) != 0;
   ex->responded = ex->streaming = 1;
@@ -1597,12 +1540,12 @@ static int exchange_write(lua_State *L) {
   if (len > 0) {
     char size_line[32];
     int n = ex->chunked ? snprintf(size_line, sizeof size_line, "%zx\r\n", len) : 0;
-    if (buf_reserve(&ex->out, (size_t)n + len + 2) != 0)
+    if (tug_buf_reserve(&ex->out, (size_t)n + len + 2) != 0)
       return luaL_error(L, "http.server: out of memory");
-    buf_append(&ex->out, size_line, (size_t)n);
-    buf_append(&ex->out, chunk, len);
+    tug_buf_append(&ex->out, size_line, (size_t)n);
+    tug_buf_append(&ex->out, chunk, len);
     if (ex->chunked)
-      buf_append(&ex->out, "\r\n", 2);
+      tug_buf_append(&ex->out, "\r\n", 2);
     conn_flush(ex->conn);
   }
   if (!ex_must_wait(ex, SRV_STREAM_HIGH)) {
@@ -1665,7 +1608,7 @@ static int take_step(lua_State *L, srv_exchange *ex) {
   }
   lua_pushinteger(L, dup_fd);
   lua_pushlstring(L, ex->raw_head.data ? ex->raw_head.data : "", ex->raw_head.len);
-  buf_free(&ex->raw_head);
+  tug_buf_free(&ex->raw_head);
   ex->responded = ex->finished = 1;
   ex->detached = 1;
   conn_close(c);
@@ -1702,7 +1645,7 @@ static int exchange_finish(lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
-  if (ex->chunked && buf_append(&ex->out, "0\r\n\r\n", 5) != 0) {
+  if (ex->chunked && tug_buf_append(&ex->out, "0\r\n\r\n", 5) != 0) {
     conn_close(ex->conn);
     lua_pushboolean(L, 0);
     return 1;

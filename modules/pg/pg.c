@@ -96,7 +96,7 @@ typedef struct pg_op {
   int *lengths, *formats;
   PGresult *result;
   char *error; /* a libpq message when there is no error result */
-  char *notices;
+  tug_buf notices;
   uint64_t start_ns, end_ns;
 } pg_op;
 
@@ -120,8 +120,7 @@ struct pg_conn {
   int want_write; /* PQflush has more to send */
   pg_op *queue_head, *queue_tail;
   lua_Integer held_by; /* the task whose transaction owns the connection, or 0 */
-  char *notices;       /* collected for the running statement: "SEVERITY: message\n"... */
-  size_t notices_len;
+  tug_buf notices;     /* collected for the running statement: "SEVERITY: message\n"... */
   int notices_count;
   char label[160]; /* user@host:port/db, for messages and __tostring */
 };
@@ -197,7 +196,7 @@ static uint64_t seconds_to_ms(double s) {
 static void conn_maybe_free(pg_conn *c) {
   if (c->handles_open > 0 || c->cancels_pending > 0 || c->attached || c->state != CONN_CLOSED)
     return;
-  free(c->notices);
+  tug_buf_free(&c->notices);
   free(c);
 }
 
@@ -326,7 +325,7 @@ static void op_free(pg_op *op) {
   if (op->result)
     PQclear(op->result);
   free(op->error);
-  free(op->notices);
+  tug_buf_free(&op->notices);
   free(op->block);
   free(op);
 }
@@ -409,13 +408,12 @@ static void op_take_result(pg_conn *c, PGresult *res) {
 }
 
 static void notices_move(pg_conn *c, pg_op *op) {
-  if (op && !op->notices) {
+  if (op && !op->notices.data) {
     op->notices = c->notices;
+    c->notices = (tug_buf){0};
   } else {
-    free(c->notices);
+    tug_buf_free(&c->notices);
   }
-  c->notices = NULL;
-  c->notices_len = 0;
   c->notices_count = 0;
 }
 
@@ -490,16 +488,9 @@ static void on_notice(void *arg, const PGresult *res) {
   const char *message = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
   if (!message || c->notices_count >= PG_MAX_NOTICES)
     return;
-  size_t add = (severity ? strlen(severity) + 2 : 0) + strlen(message) + 1;
-  char *grown = realloc(c->notices, c->notices_len + add + 1);
-  if (!grown)
-    return;
-  c->notices = grown;
-  char *at = c->notices + c->notices_len;
-  at += severity ? sprintf(at, "%s: ", severity) : 0;
-  at += sprintf(at, "%s\n", message);
-  c->notices_len = (size_t)(at - c->notices);
-  c->notices_count++;
+  if (tug_buf_appendf(&c->notices, "%s%s%s\n", severity ? severity : "", severity ? ": " : "",
+                      message) == 0)
+    c->notices_count++;
 }
 
 /* ---- the state machine, driven by the poll and the timer ---- */
@@ -1114,10 +1105,12 @@ static void push_info(lua_State *L, pg_op *op) {
   lua_newtable(L);
   tug_mark_table(L, -1, TUG_ARRAY_MT);
   lua_Integer n = 0;
-  for (const char *at = op->notices; at && *at;) {
-    const char *nl = strchr(at, '\n');
-    size_t len = nl ? (size_t)(nl - at) : strlen(at);
-    lua_pushlstring(L, at, len);
+  const tug_buf *notices = &op->notices;
+  for (size_t at = 0; at < notices->len;) {
+    const char *line = notices->data + at;
+    const char *nl = memchr(line, '\n', notices->len - at);
+    size_t len = nl ? (size_t)(nl - line) : notices->len - at;
+    lua_pushlstring(L, line, len);
     lua_rawseti(L, -2, ++n);
     at += len + (nl ? 1 : 0);
   }
