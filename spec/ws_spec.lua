@@ -1,11 +1,15 @@
 -- ws_spec.lua: the ws module, client and server, on tug's loop in this process: the client
 -- against ws.upgrade inside an http.server handler, TLS through a real nginx that proxies
 -- the WebSocket, the failures a caller must be able to tell apart, and a child tug that
--- leaves a connection open and still exits at once.
+-- leaves a connection open and still exits at once. Host names are resolved off the loop:
+-- by name over TLS (the certificate checked against the name, not the address), names that
+-- do not resolve, and a lookup made slow with an LD_PRELOAD getaddrinfo that tug's other
+-- tasks do not notice.
 
 package.path = "spec/support/?.lua;" .. package.path
 local child = require("child")
 local exec = require("exec")
+local fixture = require("fixture")
 local http = require("http")
 local task = require("task")
 local time = require("time")
@@ -27,7 +31,8 @@ local function echo_server(protocols)
         return
       end
       if data == "headers?" then
-        conn:send(require("json").encode({ test = req.headers["x-test"], auth = req.headers.authorization }))
+        conn:send(require("json").encode({ test = req.headers["x-test"], auth = req.headers.authorization,
+          host = req.headers.host, origin = req.headers.origin }))
       elseif data == "bye?" then
         conn:close(4000, "server says bye")
       else
@@ -71,8 +76,19 @@ describe("ws client and server", function()
     assert.are.same({ bytes, "binary" }, { conn:recv() })
     conn:send("headers?")
     local h = require("json").decode((conn:recv()))
-    assert.are.same({ test = "42", auth = "Bearer s3cret" }, h)
+    local host = srv.url:gsub("^http://", "")
+    assert.are.same({ test = "42", auth = "Bearer s3cret", host = host, origin = "http://" .. host }, h)
     assert.are.equal("/echo", seen.path)
+  end)
+
+  it("connects by host name, sending that name as Host and Origin", function()
+    local url = srv.url:gsub("^http://127%.0%.0%.1:", "ws://localhost:")
+    local conn <close> = ws.connect(url .. "/by-name", { protocols = { "echo" } })
+    conn:send("headers?")
+    local h = require("json").decode((conn:recv(5)))
+    local port = srv.url:match(":(%d+)$")
+    assert.are.equal("localhost:" .. port, h.host)
+    assert.are.equal("http://localhost:" .. port, h.origin) -- lws makes it a URL
   end)
 
   it("keeps working when the module is loaded again (busted reloads modules for each file)", function()
@@ -172,6 +188,26 @@ describe("ws failures", function()
     assert.matches("ws://127.0.0.1:1/x: cannot connect to 127.0.0.1:1", err.message, 1, true)
   end)
 
+  it("says which host name does not resolve, at once, without the URL's credentials", function()
+    local t0 = time.monotonic()
+    local err = err_of(ws.connect, "wss://user:pw@no-such-host.invalid:6443/api/x?y=1", { timeout = 5 })
+    assert.are.equal("ws", err.kind)
+    assert.are.equal("dns", err.error)
+    -- the resolver's own words: here "Name or service not known"; without DNS, another reason
+    assert.matches("^ws: cannot resolve no%-such%-host%.invalid: %a", err.message)
+    assert.are.equal("wss://no-such-host.invalid:6443/api/x", err.url)
+    assert.is_nil(err.message:find("pw", 1, true))
+    assert.is_true(time.monotonic() - t0 < 4)
+    -- a name that resolves but where nothing listens names the address it tried
+    err = err_of(ws.connect, "ws://localhost:1/")
+    assert.are.equal("connect", err.error)
+    assert.matches("cannot connect to localhost:1 at 127.0.0.1", err.message, 1, true)
+    -- an IPv6 literal is dialled as it is
+    err = err_of(ws.connect, "ws://[::1]:1/")
+    assert.are.equal("connect", err.error)
+    assert.matches("cannot connect to [::1]:1", err.message, 1, true)
+  end)
+
   it("reports the server's refusal of the upgrade with its HTTP status", function()
     local srv = echo_server({ "v5.channel.k8s.io" })
     local err = err_of(ws.connect, srv.url .. "/", { protocols = { "other" } })
@@ -227,6 +263,7 @@ describe("ws over TLS (nginx in front)", function()
     proxy = nginx.start({ tls = true, locations = ([[
     location /ws/ {
       proxy_pass http://127.0.0.1:%d;
+      proxy_set_header X-Test "sni=$ssl_server_name host=$http_host";
       proxy_http_version 1.1;
       proxy_set_header Upgrade $http_upgrade;
       proxy_set_header Connection "upgrade";
@@ -253,6 +290,14 @@ describe("ws over TLS (nginx in front)", function()
     conn:close()
   end)
 
+  it("connects by host name with a certificate for that name, sending it as SNI and Host", function()
+    local url = wss():gsub("^wss://127%.0%.0%.1:", "wss://localhost:")
+    local conn <close> = ws.connect(url, { protocols = { "echo" }, tls = { ca = proxy.ca } })
+    conn:send("headers?")
+    local h = require("json").decode((conn:recv(5)))
+    assert.are.equal(("sni=localhost host=localhost:%d"):format(proxy.port), h.test)
+  end)
+
   it("refuses a server certificate no CA vouches for, unless insecure", function()
     local err = err_of(ws.connect, wss(), { protocols = { "echo" } })
     assert.are.equal("tls", err.error)
@@ -267,6 +312,137 @@ describe("ws over TLS (nginx in front)", function()
     local err = err_of(ws.connect, wss(), { tls = { ca = "/nonexistent/ca.crt" } })
     assert.are.equal("tls", err.error)
     assert.matches("cannot read the CA file /nonexistent/ca.crt", err.message, 1, true)
+  end)
+end)
+
+describe("ws certificate names", function()
+  local dir, server, port, ca
+
+  -- A CA, and a certificate it signed for elsewhere.example and the address 127.0.0.1 but
+  -- not for localhost, served by openssl s_server (the TLS handshake is what matters).
+  setup(function()
+    dir = fixture.run({ "mktemp", "-d", "/tmp/tug-ws-spec.XXXXXX" }, "mktemp", "ws spec"):gsub("%s+$", "")
+    local function openssl(args)
+      local argv = { "openssl" }
+      for _, a in ipairs(args) do argv[#argv + 1] = a end
+      fixture.run(argv, args[1], "ws spec")
+    end
+    local ec = { "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes" }
+    ca = dir .. "/ca.crt"
+    openssl({ "req", "-x509", ec[1], ec[2], ec[3], ec[4], ec[5], "-keyout", dir .. "/ca.key", "-out", ca,
+      "-days", "2", "-subj", "/CN=tug ws spec CA", "-addext", "basicConstraints=critical,CA:TRUE",
+      "-addext", "keyUsage=critical,keyCertSign,cRLSign" })
+    openssl({ "req", ec[1], ec[2], ec[3], ec[4], ec[5], "-keyout", dir .. "/server.key",
+      "-out", dir .. "/server.csr", "-subj", "/CN=elsewhere.example" })
+    fixture.write(dir .. "/server.ext", "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n" ..
+      "subjectAltName=DNS:elsewhere.example,IP:127.0.0.1\n")
+    openssl({ "x509", "-req", "-in", dir .. "/server.csr", "-CA", ca, "-CAkey", dir .. "/ca.key",
+      "-CAcreateserial", "-out", dir .. "/server.crt", "-days", "2", "-extfile", dir .. "/server.ext" })
+    port = fixture.free()
+    server = exec.spawn({ "openssl", "s_server", "-accept", "127.0.0.1:" .. port, "-cert", dir .. "/server.crt",
+      "-key", dir .. "/server.key", "-www", "-quiet" }, { capture = false })
+    assert.is_true(wait_until(function() return fixture.listening()[port] end), "openssl s_server did not start")
+  end)
+
+  teardown(function()
+    if server then server:close() end
+    if dir then exec.run({ "rm", "-rf", dir }) end
+  end)
+
+  it("checks the server's certificate against the name asked for, not the address dialled", function()
+    -- by address, the certificate is accepted (s_server then answers HTTP, not WebSocket)
+    local err = err_of(ws.connect, ("wss://127.0.0.1:%d/"):format(port), { tls = { ca = ca }, timeout = 5 })
+    assert.are.equal("handshake", err.error, err.message)
+    -- by a name that dials the very same address, it is not: it names elsewhere.example
+    err = err_of(ws.connect, ("wss://localhost:%d/"):format(port), { tls = { ca = ca }, timeout = 5 })
+    assert.are.equal("tls", err.error, err.message)
+    assert.matches("the server's certificate was not accepted: hostname mismatch", err.message, 1, true)
+    -- insecure skips the name check too
+    err = err_of(ws.connect, ("wss://localhost:%d/"):format(port), { tls = { insecure = true }, timeout = 5 })
+    assert.are.equal("handshake", err.error, err.message)
+  end)
+end)
+
+describe("ws host names resolved off the loop", function()
+  -- getaddrinfo for slow.tug.test takes 1 s, then answers as for localhost: preloaded into
+  -- a child tug, it shows whether the lookup holds up the loop.
+  local SHIM = [[
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <netdb.h>
+#include <string.h>
+#include <unistd.h>
+int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
+                struct addrinfo **res) {
+  int (*real)(const char *, const char *, const struct addrinfo *, struct addrinfo **) =
+      (int (*)(const char *, const char *, const struct addrinfo *, struct addrinfo **))dlsym(
+          RTLD_NEXT, "getaddrinfo");
+  if (node && strcmp(node, "slow.tug.test") == 0) {
+    usleep(1000000);
+    node = "localhost";
+  }
+  return real(node, service, hints, res);
+}
+]]
+  local dir, shim
+
+  setup(function()
+    dir = fixture.run({ "mktemp", "-d", "/tmp/tug-ws-shim.XXXXXX" }, "mktemp", "ws spec"):gsub("%s+$", "")
+    fixture.write(dir .. "/slow_dns.c", SHIM)
+    shim = dir .. "/slow_dns.so"
+    fixture.run({ "cc", "-shared", "-fPIC", "-o", shim, dir .. "/slow_dns.c", "-ldl" }, "compiling the shim", "ws spec")
+  end)
+
+  teardown(function()
+    if dir then exec.run({ "rm", "-rf", dir }) end
+  end)
+
+  it("keeps other tasks running during a slow lookup, times it out, and cancels it", function()
+    local srv = echo_server()
+    local port = srv.url:match(":(%d+)$")
+    local asan = os.getenv("ASAN_OPTIONS")
+    local r = child.lua(([[
+      local ws, task, time = require("ws"), require("task"), require("time")
+      local url = "ws://slow.tug.test:%s/"
+      -- a ticker counts 50 ms steps while one task resolves, connects and echoes
+      local ticks, done = 0, false
+      local t0 = time.monotonic()
+      task.parallel({
+        function()
+          local conn <close> = ws.connect(url, { protocols = { "echo" } })
+          conn:send("resolved")
+          print(conn:recv(5), ("%%.1f"):format(time.monotonic() - t0))
+          done = true
+        end,
+        function()
+          while not done do task.sleep(0.05); ticks = ticks + 1 end
+        end,
+      })
+      print("ticks", ticks)
+      -- the connect timeout covers the lookup
+      t0 = time.monotonic()
+      local ok, err = pcall(ws.connect, url, { timeout = 0.3 })
+      print(err.error, err.message, time.monotonic() - t0 < 0.8)
+      -- a task cancelled while its lookup runs lets go at once
+      t0 = time.monotonic()
+      ok, err = pcall(task.timeout, 0.2, ws.connect, url)
+      print(err.kind, time.monotonic() - t0 < 0.7)
+    ]]):format(port), {
+      timeout = 20,
+      env = { LD_PRELOAD = shim, ASAN_OPTIONS = (asan and asan .. ":" or "") .. "verify_asan_link_order=0" },
+    })
+    srv:close()
+    assert.are.equal(0, r.code, r.stderr)
+    local lines = {}
+    for line in r.stdout:gmatch("[^\n]+") do lines[#lines + 1] = line end
+    local echoed, took = lines[1]:match("^(%S+)\t(%S+)$")
+    assert.are.equal("resolved", echoed, r.stdout)
+    assert.is_true(tonumber(took) >= 0.9, r.stdout) -- the lookup did take its second
+    local ticks = tonumber(lines[2]:match("^ticks\t(%d+)$"))
+    assert.is_true(ticks >= 12, r.stdout) -- about 20 when the loop runs; 1 or 2 when blocked
+    assert.are.equal("timeout\tws: ws://slow.tug.test:" .. port .. "/: slow.tug.test did not resolve in time\ttrue", lines[3])
+    assert.are.equal("timeout\ttrue", lines[4])
+    assert.are.equal("", r.stderr)
   end)
 end)
 

@@ -4,10 +4,16 @@
  * framing, masking, fragmentation, ping/pong and the closing handshake.
  *
  * core.connect(opts) dials a server (ws:// or wss://) and waits until the handshake is
- * done; core.accept(fd, head, opts) takes over a socket whose HTTP upgrade request another
- * server already read (http.server's req:take_connection()) and answers the handshake.
- * Both return a ws.connection userdata: send(data, binary), recv([timeout]), close([code,
- * reason]). ws.lua holds the public API (options, URLs, errors, ws.upgrade).
+ * done. A host name is resolved first with uv_getaddrinfo (libuv's thread pool, under the
+ * connection's timeout and cancellable): lws 4.1 would call getaddrinfo itself, blocking
+ * the whole loop while DNS answers. lws then dials the numeric address (ci.address) while
+ * the Host header, Origin, SNI and the certificate's name check keep the name from the
+ * URL: lws takes SNI and the X509_VERIFY_PARAM host from ci.host (the Host header, its
+ * port stripped), never from ci.address. core.accept(fd, head, opts) takes over a socket
+ * whose HTTP upgrade request another server already read (http.server's
+ * req:take_connection()) and answers the handshake. Both return a ws.connection userdata:
+ * send(data, binary), recv([timeout]), close([code, reason]). ws.lua holds the public API
+ * (options, URLs, errors, ws.upgrade).
  *
  * One lws context for the process, created on first use on tug's loop (a foreign libuv
  * loop, its handles unreferenced: an open connection that no task waits on does not keep
@@ -28,6 +34,8 @@
  * Callbacks only record what happened in C memory and call tug_op_done; the waiting task
  * is resumed later and pushes the results into Lua.
  */
+#include <arpa/inet.h>
+#include <netdb.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -94,6 +102,14 @@ struct ws_conn {
   char **headers;
   int nheaders;
 
+  /* client: what lws is given once the host's address is known */
+  char *host_name; /* as in the URL (no brackets): resolved, and named in messages */
+  char *path, *host_header, *origin, *offered;
+  int port;
+  char address[INET6_ADDRSTRLEN]; /* numeric */
+  int resolving;                  /* uv_getaddrinfo under way: c lives until its callback */
+  uv_getaddrinfo_t gai;
+
   int state;
   int server;
   int insecure;
@@ -130,7 +146,7 @@ struct ws_conn {
   int http_status;
   int sent_request; /* the TCP (and TLS) connection was up: the upgrade request went out */
   int tls;
-  char peer[96]; /* host:port, for messages */
+  char peer[320]; /* host:port ("at address" once resolved), for messages */
   char error_kind[16];
   char error[256];
   char verify_error[160];
@@ -177,7 +193,7 @@ static void msg_list_free(ws_msg **head, ws_msg **tail) {
 }
 
 static void conn_maybe_free(ws_conn *c) {
-  if (c->attached || c->vh || c->timer || c->rx_waiter || c->tx_waiter)
+  if (c->attached || c->vh || c->timer || c->rx_waiter || c->tx_waiter || c->resolving)
     return;
   if (c->prev)
     c->prev->next = c->next;
@@ -192,6 +208,11 @@ static void conn_maybe_free(ws_conn *c) {
   for (int i = 0; i < c->nheaders * 2; i++)
     free(c->headers[i]);
   free(c->headers);
+  free(c->host_name);
+  free(c->path);
+  free(c->host_header);
+  free(c->origin);
+  free(c->offered);
   msg_list_free(&c->rx_head, &c->rx_tail);
   msg_list_free(&c->tx_head, &c->tx_tail);
   free(c->partial);
@@ -215,6 +236,8 @@ static void conn_closed(ws_conn *c) {
 
 /* Drops the connection at once. Never from inside an lws callback. */
 static void conn_abort(ws_conn *c) {
+  if (c->resolving) /* fails once the lookup runs: its callback then finds the state closed */
+    uv_cancel((uv_req_t *)&c->gai);
   struct lws *wsi = c->wsi;
   if (wsi && c->state != ST_CLOSED) {
     c->wsi = NULL;
@@ -340,6 +363,8 @@ static void on_timer(uv_timer_t *t) {
   if (c->rx_waiter && c->rx_deadline && now >= c->rx_deadline) {
     c->rx_deadline = 0;
     if (c->rx_waiter->kind == WAIT_OPEN) {
+      if (c->resolving)
+        set_error(c, "timeout", "%s did not resolve in time", c->host_name);
       set_error(c, "timeout", "the connection was not established in time");
       conn_abort(c);
     }
@@ -943,6 +968,108 @@ static size_t opt_max_message(lua_State *L, int t) {
   return max;
 }
 
+/* ---- dialling: resolving the host off the loop, then lws connects to the address ---- */
+
+/* The resolver's own words ("Name or service not known"), from libuv's status. */
+static const char *resolve_error(int status) {
+  switch (status) {
+  case UV_EAI_NONAME:
+    return gai_strerror(EAI_NONAME);
+  case UV_EAI_AGAIN:
+    return gai_strerror(EAI_AGAIN);
+  case UV_EAI_FAIL:
+    return gai_strerror(EAI_FAIL);
+  case UV_EAI_NODATA:
+    return gai_strerror(EAI_NODATA);
+  case UV_EAI_ADDRFAMILY:
+    return gai_strerror(EAI_ADDRFAMILY);
+  case UV_EAI_MEMORY:
+    return gai_strerror(EAI_MEMORY);
+  default:
+    return uv_strerror(status);
+  }
+}
+
+/* Hands the connection to lws, which connects to c->address (numeric: lws's own
+   getaddrinfo returns at once) and speaks TLS and HTTP with the name from the URL. From the
+   task (a literal address) or from on_resolved; never from inside an lws callback. On
+   failure the connection is closed with the error set, which wakes a waiting task. */
+static void conn_dial(ws_conn *c) {
+  char err[256];
+  if (conn_make_vhost(c, 0, c->tls, strchr(c->address, ':') != NULL, err, sizeof err) != 0) {
+    set_error(c, "connect", "%s", err);
+    conn_closed(c);
+    return;
+  }
+  struct lws_client_connect_info ci;
+  memset(&ci, 0, sizeof ci);
+  ci.context = G.ctx;
+  ci.vhost = c->vh;
+  ci.address = c->address;
+  ci.port = c->port;
+  ci.path = c->path;
+  ci.host = c->host_header; /* also SNI and the certificate's name: see the top */
+  ci.origin = c->origin;
+  ci.protocol = c->offered;
+  ci.local_protocol_name = c->protocol_names[0];
+  ci.alpn = "http/1.1"; /* WebSocket over HTTP/2 is not what servers expect here */
+  if (c->tls) {
+    ci.ssl_connection = LCCSCF_USE_SSL;
+    if (c->insecure)
+      ci.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK |
+                           LCCSCF_ALLOW_EXPIRED | LCCSCF_ALLOW_INSECURE;
+  }
+  ci.pwsi = &c->wsi;
+  struct lws *wsi = lws_client_connect_via_info(&ci);
+  if (wsi && c->state == ST_CONNECTING)
+    c->main_wsi = wsi;
+  if (wsi == NULL && c->state == ST_CONNECTING) {
+    set_error(c, "connect", "cannot connect to %s", c->peer);
+    c->wsi = NULL;
+    conn_closed(c);
+  }
+  unref_socket(c);
+}
+
+/* uv_getaddrinfo's answer. The connection may have been given up meanwhile (a timeout, a
+   cancelled task): then only the lookup's memory goes, and the connection if it can. */
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  ws_conn *c = req->data;
+  c->resolving = 0;
+  if (c->state != ST_CONNECTING || G.ctx_destroyed) {
+    uv_freeaddrinfo(res);
+    if (c->state == ST_CONNECTING) {
+      set_error(c, "connect", "tug is exiting");
+      conn_closed(c);
+    }
+    conn_maybe_free(c);
+    return;
+  }
+  /* IPv4 first, as lws did ("localhost" is 127.0.0.1 where servers listen); one address,
+     since lws dials exactly one */
+  const struct addrinfo *pick = NULL;
+  for (const struct addrinfo *ai = status == 0 ? res : NULL; ai; ai = ai->ai_next)
+    if (ai->ai_family == AF_INET || (ai->ai_family == AF_INET6 && pick == NULL)) {
+      pick = ai;
+      if (ai->ai_family == AF_INET)
+        break;
+    }
+  if (pick == NULL) {
+    set_error(c, "dns", "cannot resolve %s: %s", c->host_name,
+              status < 0 ? resolve_error(status) : "no IPv4 or IPv6 address");
+    uv_freeaddrinfo(res);
+    conn_closed(c);
+    return;
+  }
+  if (pick->ai_family == AF_INET)
+    uv_ip4_name((const struct sockaddr_in *)pick->ai_addr, c->address, sizeof c->address);
+  else
+    uv_ip6_name((const struct sockaddr_in6 *)pick->ai_addr, c->address, sizeof c->address);
+  uv_freeaddrinfo(res);
+  snprintf(c->peer, sizeof c->peer, "%s:%d at %s", c->host_name, c->port, c->address);
+  conn_dial(c);
+}
+
 /* core.connect{ host, port, path, tls, host_header, origin, protocols = { ... },
    headers = { "name:", "value", ... }, ca, cert, key, insecure, timeout, max_message }
    -> connection | nil, kind, message, http_status */
@@ -977,6 +1104,8 @@ static int ws_connect(lua_State *L) {
   c->max_message = max_message;
   c->insecure = insecure;
   c->tls = tls;
+  c->port = (int)port;
+  c->state = ST_CONNECTING;
   snprintf(c->peer, sizeof c->peer, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, (int)port);
   read_protocols(L, 1, c, "tug-ws");
   if (lua_getfield(L, 1, "headers") == LUA_TTABLE) {
@@ -995,6 +1124,24 @@ static int ws_connect(lua_State *L) {
     }
   }
   lua_pop(L, 1);
+  /* The offered subprotocols, comma-separated, as the Sec-WebSocket-Protocol header. */
+  char offered[WS_MAX_PROTOCOLS * 64] = "";
+  for (int i = 0; i < c->nprotocols; i++) {
+    if (i)
+      strncat(offered, ", ", sizeof offered - strlen(offered) - 1);
+    strncat(offered, c->protocol_names[i], sizeof offered - strlen(offered) - 1);
+  }
+  /* kept in c: lws gets them only once the address is known */
+  c->host_name = dup_string(host);
+  c->path = dup_string(path);
+  c->host_header = dup_string(host_header);
+  c->origin = dup_string(origin ? origin : host_header);
+  c->offered = dup_string(offered);
+  if (!c->host_name || !c->path || !c->host_header || !c->origin || !c->offered) {
+    set_error(c, "connect", "out of memory");
+    conn_release_timer(c);
+    return push_failure(L, c, "connect", "out of memory");
+  }
   if (tls) {
     c->ssl_ctx = make_ssl_ctx(ca, cert, key, err, sizeof err);
     if (c->ssl_ctx == NULL) {
@@ -1003,47 +1150,29 @@ static int ws_connect(lua_State *L) {
       return push_failure(L, c, "tls", err);
     }
   }
-  if (conn_make_vhost(c, 0, tls, strchr(host, ':') != NULL, err, sizeof err) != 0) {
+  if (shared_context(err, sizeof err) == NULL) {
     set_error(c, "connect", "%s", err);
     conn_release_timer(c);
     return push_failure(L, c, "connect", err);
   }
-  /* The offered subprotocols, comma-separated, as the Sec-WebSocket-Protocol header. */
-  char offered[WS_MAX_PROTOCOLS * 64] = "";
-  for (int i = 0; i < c->nprotocols; i++) {
-    if (i)
-      strncat(offered, ", ", sizeof offered - strlen(offered) - 1);
-    strncat(offered, c->protocol_names[i], sizeof offered - strlen(offered) - 1);
+  unsigned char literal[sizeof(struct in6_addr)];
+  if (inet_pton(AF_INET, host, literal) == 1 || inet_pton(AF_INET6, host, literal) == 1) {
+    snprintf(c->address, sizeof c->address, "%s", host); /* nothing to resolve */
+    conn_dial(c);
+  } else {
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    c->gai.data = c;
+    int rc = uv_getaddrinfo(tug_loop(), &c->gai, on_resolved, host, NULL, &hints);
+    if (rc < 0) {
+      set_error(c, "dns", "cannot resolve %s: %s", host, resolve_error(rc));
+      conn_closed(c);
+    } else {
+      c->resolving = 1;
+    }
   }
-  struct lws_client_connect_info ci;
-  memset(&ci, 0, sizeof ci);
-  ci.context = G.ctx;
-  ci.vhost = c->vh;
-  ci.address = host;
-  ci.port = (int)port;
-  ci.path = path;
-  ci.host = host_header;
-  ci.origin = origin ? origin : host_header;
-  ci.protocol = offered;
-  ci.local_protocol_name = c->protocol_names[0];
-  ci.alpn = "http/1.1"; /* WebSocket over HTTP/2 is not what servers expect here */
-  if (tls) {
-    ci.ssl_connection = LCCSCF_USE_SSL;
-    if (insecure)
-      ci.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK |
-                           LCCSCF_ALLOW_EXPIRED | LCCSCF_ALLOW_INSECURE;
-  }
-  ci.pwsi = &c->wsi;
-  c->state = ST_CONNECTING;
-  struct lws *wsi = lws_client_connect_via_info(&ci);
-  if (wsi && c->state == ST_CONNECTING)
-    c->main_wsi = wsi;
-  if (wsi == NULL && c->state == ST_CONNECTING) {
-    set_error(c, "connect", "cannot connect to %s:%d", host, (int)port);
-    c->wsi = NULL;
-    conn_closed(c);
-  }
-  unref_socket(c);
   if (c->state == ST_CLOSED) {
     conn_release_timer(c);
     return push_failure(L, c, "connect", "the connection failed");

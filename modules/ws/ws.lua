@@ -128,8 +128,10 @@ function ws.connect(url, opts)
     timeout = timeout, max_message = opts.max_message,
   })
   if conn then return conn end
-  error(tug.error.new("ws", ("ws: %s: %s"):format(u.shown, message),
-    { error = kind, url = u.shown, status = status }), 2)
+  -- a name that does not resolve is about the host, not the URL ("ws: cannot resolve
+  -- api.example.internal: Name or service not known"); err.url still says which
+  local text = kind == "dns" and "ws: " .. message or ("ws: %s: %s"):format(u.shown, message)
+  error(tug.error.new("ws", text, { error = kind, url = u.shown, status = status }), 2)
 end
 
 -- ---- the server side ----
