@@ -32,8 +32,17 @@ return playbook {
     step "roll back" {
       confirm = "Roll {params.deployment} on {env} back from {state.image_before}?",
       run = function(ctx)
-        local r = k8s.rollout_undo(ctx.params.deployment, { to_revision = ctx.params.to_revision })
-        if r and r.skipped then ctx.log.warn(r.message) end
+        -- a resumed run that died after sending the undo finds a new revision: another
+        -- undo would roll forward again, so it only waits for the first
+        local d = k8s.get("deployment", ctx.params.deployment)
+        local revision = d.metadata.annotations and d.metadata.annotations["deployment.kubernetes.io/revision"]
+        if revision ~= ctx.state.revision_before then
+          ctx.log.info(string.format("%s already runs %s (revision %s): the rollback was sent", ctx.params.deployment,
+            multiship.container_image(d), tostring(revision)))
+        else
+          local r = k8s.rollout_undo(ctx.params.deployment, { to_revision = ctx.params.to_revision })
+          if r and r.skipped then ctx.log.warn(r.message) end
+        end
         if ctx.plan then return end
         k8s.rollout_status(ctx.params.deployment, { timeout = ctx.params.rollout_timeout })
         ctx.state.image_after = multiship.container_image(k8s.get("deployment", ctx.params.deployment))

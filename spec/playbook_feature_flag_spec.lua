@@ -1,7 +1,7 @@
 -- feature-flag, run end to end by the real binary against the simulated API's admin
 -- endpoints: the switch kept or switched back by the error rate, the bearer token from
--- Secrets Manager (the AWS fixture) and never shown, a missing token, and a plan that
--- leaves the admin API untouched.
+-- Secrets Manager (the AWS fixture) and never shown, a missing token, a plan that
+-- leaves the admin API untouched, and runs killed with -9 while they watch, then resumed.
 package.path = "spec/support/?.lua;" .. package.path
 local aws_fixture = require("aws_fixture")
 local harness = require("playbook_harness")
@@ -58,6 +58,38 @@ describe("feature-flag", function()
     assert.matches("POST .*/admin/features", text)
     assert.are.equal(0, posts(cluster))
     assert.is_false(flag(cluster, "new-shipment-tracking").enabled)
+  end)
+
+  local WATCHED = { "run", "feature-flag", "feature=new-shipment-tracking", "enabled=true", "watch=1500ms",
+    "interval=500ms", "--yes" }
+  local function killed_while_watching()
+    local run_id = runs.kill_when(h, WATCHED, function(e)
+      return e.event == "step_start" and e.name == "watch the error rate"
+    end)
+    -- half-changed: the flag is on and nobody watches it
+    assert.is_true(flag(cluster, "new-shipment-tracking").enabled)
+    assert.are.equal(1, posts(cluster))
+    return run_id
+  end
+
+  it("killed with -9 while it watches, resumes the watch and keeps the flag, switched once", function()
+    start({ quiet = true })
+    local r = runs.resume(h, killed_while_watching())
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.are.equal("succeeded", h:run_end(r).status)
+    assert.are.equal("watch the error rate", h:events(r, "step_start")[1].name)
+    assert.is_true(flag(cluster, "new-shipment-tracking").enabled)
+    assert.are.equal(1, posts(cluster))
+  end)
+
+  it("killed with -9 while it watches, resumes and switches the flag back when the error rate climbed", function()
+    start()
+    local run_id = killed_while_watching()
+    cluster:fault({ type = "error_rate", version = "v2.1.0", rate = 0.5 })
+    local r = runs.resume(h, run_id)
+    runs.failed(h, r, "rolled-back", "after the switch: error%-rate failed")
+    assert.is_false(flag(cluster, "new-shipment-tracking").enabled)
+    assert.are.equal(2, posts(cluster)) -- on before the kill, back off after the resume
   end)
 
   it("takes its bearer token from Secrets Manager and never shows it", function()

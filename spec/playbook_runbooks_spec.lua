@@ -2,10 +2,12 @@
 -- the simulated cluster (or a real PostgreSQL), the runbook run straight through with
 -- --no-step --yes, and the service found restored, the decisions in the journal and the
 -- page, chat and status page received by an http.server here; plans that send nothing;
+-- runs killed with -9 half-way through their mitigation, then resumed;
 -- the refusal to run step by step without a terminal; and one runbook driven by hand in
 -- a real terminal (tmux).
 package.path = "spec/support/?.lua;" .. package.path
 local harness = require("playbook_harness")
+local runs = require("playbook_runs")
 local postgres = require("postgres")
 local project = require("project")
 
@@ -335,6 +337,35 @@ describe("service-outage", function()
       { sp[1].body.incident.status, sp[2].body.incident.status, sp[3].body.incident.status })
     assert.are.equal(2, #sent("pagerduty"))
   end)
+
+  it("killed with -9 while the stable colour scales up, resumes, fails over and resolves, paging once", function()
+    assert(cluster:patch("deployments", "multiship", "api-blue", "strategic",
+      { spec = { template = { spec = { containers = { { name = "api", image = "multiship/api:v2.2.0" } } } } } }))
+    assert.are.equal("complete", cluster:wait_rollout("multiship", "api-blue", 10))
+    cluster:fault({ type = "unhealthy", version = "v2.2.0" })
+    cluster:set_timing({ pod_start = "1500ms" }) -- green's pods take a while to start
+    local args = { "run", "service-outage", "--no-step", "--yes", "status_page=false" }
+    for _, a in ipairs(FAST) do args[#args + 1] = a end
+    local run_id = runs.kill_when(h, args, function(e, c)
+      return e.event == "step_start" and e.name == "scale up the stable colour"
+        and c:get("deployments", "multiship", "api-green").spec.replicas == 4
+    end)
+    -- half-changed: green scaled up, traffic still on the failing blue, the incident open
+    assert.are.equal("blue", cluster:get("services", "multiship", "api-service").spec.selector.colour)
+    assert.are.equal(1, #sent("pagerduty"))
+    cluster:set_timing({ pod_start = "100ms" })
+    local r = runs.resume_runbook(h, run_id)
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.are.equal("succeeded", h:run_end(r).status)
+    assert.are.equal("green", cluster:get("services", "multiship", "api-service").spec.selector.colour)
+    assert.are.equal(4, cluster:get("deployments", "multiship", "api-green").status.readyReplicas)
+    assert.are.equal(200, health_of(cluster, "api-service"))
+    assert.are.equal("failover (--yes: the default)", decisions(h, r)["Mitigation?"])
+    -- paged before the kill, resolved after the resume: nothing sent twice
+    local pd = sent("pagerduty")
+    assert.are.same({ "trigger", "resolve" }, { pd[1].body.event_action, pd[2] and pd[2].body.event_action })
+    assert.are.equal(2, #pd)
+  end)
 end)
 
 describe("service-outage, scaling", function()
@@ -397,6 +428,29 @@ describe("provider-failure", function()
     local load = health.load({ url = cluster.url .. "/svc/multiship/api-service/api/orders", duration = "500ms",
       concurrency = 4 })
     assert.are.equal(0, load.statuses[502] or 0)
+  end)
+
+  it("killed with -9 after switching the provider off, resumes and switches it back on once, when it recovers",
+    function()
+    cluster:fault({ type = "provider_down", provider = "easypost", duration = "4s" })
+    local args = { "run", "provider-failure", "--no-step", "--yes", "samples=2", "sample_interval=200ms",
+      "recovery_wait=20s", "status_page=false" }
+    for _, a in ipairs(FAST) do args[#args + 1] = a end
+    local run_id = runs.kill_when(h, args, function(e)
+      return e.event == "step_start" and e.name == "watch the error rate"
+    end)
+    -- half-changed: easypost switched off, nobody watching
+    assert.is_false(flags()["provider-easypost-enabled"])
+    local r = runs.resume_runbook(h, run_id)
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.are.equal("succeeded", h:run_end(r).status)
+    assert.are.equal("yes (--yes: the default)", decisions(h, r)["easypost has recovered. Switch it back on?"])
+    assert.is_true(flags()["provider-easypost-enabled"])
+    -- off before the kill, on after the resume: the flag was not switched off again
+    assert.are.equal(2, runs.app_requests(cluster, "/admin/features", "POST"))
+    local pd = sent("pagerduty")
+    assert.are.same({ "trigger", "resolve" }, { pd[1].body.event_action, pd[2] and pd[2].body.event_action })
+    assert.are.equal(2, #pd)
   end)
 end)
 
@@ -493,6 +547,28 @@ describe("database-issues", function()
     assert.are.equal("2 (half, at least 1)", decisions(h, r)["Replicas to scale the API down to?"])
     holder:exec("ROLLBACK")
     assert.are.equal(1, waiting:wait())
+    holder:close()
+  end)
+
+  it("killed with -9 while it verifies a scale-down, resumes and scales the API back up once the lock is gone",
+    function()
+    local holder, waiting = lock_and_wait("BEGIN; UPDATE orders SET status = 'held' WHERE id = 1")
+    local run_id = runs.kill_when(h, { "run", "database-issues", "--no-step", "--yes", "mitigation=scale-down",
+      "verify_within=20s", "status_page=false" }, function(e)
+      return e.event == "step_start" and e.name == "verify the database is healthy"
+    end)
+    -- half-changed: the API scaled down to half, the incident open
+    assert.are.equal(2, cluster:get("deployments", "multiship", "api").spec.replicas)
+    holder:exec("ROLLBACK") -- while tug is down, the blocking transaction ends
+    assert.are.equal(1, waiting:wait())
+    local r = runs.resume_runbook(h, run_id)
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.are.equal("succeeded", h:run_end(r).status)
+    assert.are.equal(4, cluster:get("deployments", "multiship", "api").spec.replicas)
+    assert.are.equal(4, cluster:get("deployments", "multiship", "api").status.readyReplicas)
+    local pd = sent("pagerduty")
+    assert.are.same({ "trigger", "resolve" }, { pd[1].body.event_action, pd[2] and pd[2].body.event_action })
+    assert.are.equal(2, #pd)
     holder:close()
   end)
 end)

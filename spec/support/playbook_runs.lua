@@ -7,6 +7,7 @@
 --   local e = runs.failed(h, r, "rolled-back", "timed out")
 --   local run_id = runs.kill_when(h, { "run", "blue-green", ... }, function(e) ... end)
 --   local r = runs.resume(h, run_id)
+--   local r = runs.resume_runbook(h, run_id)   -- a step_by_step runbook, with --no-step
 package.path = "spec/support/?.lua;" .. package.path
 local assert = require("luassert")
 local child = require("child")
@@ -134,6 +135,13 @@ end
 -- tug resume RUN_ID --yes --output json; exec.run's result.
 function runs.resume(h, run_id)
   return exec.run({ child.tug, "resume", run_id, "--yes", "--output", "json" },
+    { env = child_env(h), timeout = 120 })
+end
+
+-- tug resume RUN_ID --no-step --yes --output json, for a runbook (step_by_step) resumed
+-- straight through; exec.run's result.
+function runs.resume_runbook(h, run_id)
+  return exec.run({ child.tug, "resume", run_id, "--no-step", "--yes", "--output", "json" },
     { env = child_env(h), timeout = 120 })
 end
 
