@@ -6,6 +6,7 @@
 package.path = "spec/support/?.lua;" .. package.path
 local project = require("project")
 local fixture = require("fixture")
+local harness = require("playbook_harness")
 
 -- No ~/.gitconfig or /etc/gitconfig (signing, hooks paths, default branch) can change what
 -- these repositories do; each sets its own user.
@@ -62,18 +63,7 @@ describe("the release playbook", function()
     if opts.spawn then return p:spawn(all, { env = env, timeout = 60 }) end
     return p:tug(all, { env = env, timeout = 60 })
   end
-  local function events(r, name)
-    local out = {}
-    for line in r.stdout:gmatch("[^\n]+") do
-      local ok, e = pcall(json.decode, line)
-      if ok and type(e) == "table" and (name == nil or e.event == name) then out[#out + 1] = e end
-    end
-    return out
-  end
-  local function run_end(r)
-    local ends = events(r, "run_end")
-    return ends[#ends]
-  end
+  local events, run_end = harness.json_events, harness.last_run_end
 
   -- Everything a release could have touched, to compare before and after.
   local function world()
@@ -182,42 +172,37 @@ describe("the release playbook", function()
     assert.are.same(before, world())
   end)
 
-  it("undoes everything locally when the remote rejects the push", function()
-    hook(origin, "pre-receive", "echo 'releases are frozen' >&2\nexit 1\n")
+  -- With a git hook that makes the release fail: the run rolls back, its reason matches
+  -- each pattern, and everything is as it was.
+  local function rolled_back_by_hook(dir, name, script, ...)
+    hook(dir, name, script)
     local before = world()
     local r = tug({ "run", "release", "version=v2.2.0", "repo=" .. app })
     assert.are.equal(1, r.code, r.stdout .. r.stderr)
     local e = run_end(r)
     assert.are.equal("rolled-back", e.status)
-    assert.matches("push the branch and the tag", e.reason)
-    assert.matches("releases are frozen", e.reason)
+    for _, pattern in ipairs({ ... }) do assert.matches(pattern, e.reason) end
+    assert.are.same(before, world())
+    return r
+  end
+
+  it("undoes everything locally when the remote rejects the push", function()
+    local r = rolled_back_by_hook(origin, "pre-receive", "echo 'releases are frozen' >&2\nexit 1\n",
+      "push the branch and the tag", "releases are frozen")
     local undone = {}
     for _, u in ipairs(events(r, "undo_end")) do undone[#undone + 1] = u.name .. ":" .. u.status end
     assert.are.same({ "create the annotated tag:ok", "bump the version and commit:ok", "create the release branch:ok" }, undone)
-    assert.are.same(before, world())
   end)
 
   it("puts the repository back when the commit hook refuses the bump", function()
-    hook(app .. "/.git", "pre-commit", "echo 'lint: package.json must be sorted' >&2\nexit 1\n")
-    local before = world()
-    local r = tug({ "run", "release", "version=v2.2.0", "repo=" .. app })
-    assert.are.equal(1, r.code, r.stdout .. r.stderr)
-    local e = run_end(r)
-    assert.are.equal("rolled-back", e.status)
-    assert.matches("bump the version and commit.*lint: package.json must be sorted", e.reason)
-    assert.are.same(before, world())
+    rolled_back_by_hook(app .. "/.git", "pre-commit", "echo 'lint: package.json must be sorted' >&2\nexit 1\n",
+      "bump the version and commit.*lint: package.json must be sorted")
   end)
 
   it("deletes what it pushed when the remote does not end up holding the release", function()
     -- a server that drops the tag after accepting it: the check after the push fails
-    hook(origin, "post-receive", "git update-ref -d refs/tags/v2.2.0\n")
-    local before = world()
-    local r = tug({ "run", "release", "version=v2.2.0", "repo=" .. app })
-    assert.are.equal(1, r.code, r.stdout .. r.stderr)
-    local e = run_end(r)
-    assert.are.equal("rolled-back", e.status)
-    assert.matches("tag v2.2.0 on origin is missing", e.reason)
-    assert.are.same(before, world())
+    rolled_back_by_hook(origin, "post-receive", "git update-ref -d refs/tags/v2.2.0\n",
+      "tag v2.2.0 on origin is missing")
     assert.not_matches("release/v2.2.0", remote_refs())
   end)
 

@@ -101,8 +101,9 @@ function harness:tug(args, opts)
   return exec.run(argv, { timeout = opts.timeout or 120, env = env, stdin = opts.stdin, cwd = opts.cwd })
 end
 
--- The JSON events of a run's stdout, all or those named `name`.
-function harness:events(r, name)
+-- The JSON events of a run's stdout (--output json), all or those named `name`; also for
+-- specs that run tug without a harness.
+function harness.json_events(r, name)
   local out = {}
   for line in r.stdout:gmatch("[^\n]+") do
     local ok, e = pcall(json.decode, line)
@@ -111,10 +112,14 @@ function harness:events(r, name)
   return out
 end
 
-function harness:run_end(r)
-  local ends = self:events(r, "run_end")
+-- The last run_end event of a run's stdout.
+function harness.last_run_end(r)
+  local ends = harness.json_events(r, "run_end")
   return ends[#ends]
 end
+
+function harness:events(r, name) return harness.json_events(r, name) end
+function harness:run_end(r) return harness.last_run_end(r) end
 
 -- Every change a plan recorded, as "module: summary" lines.
 function harness:changes(r)
