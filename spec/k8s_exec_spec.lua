@@ -54,6 +54,27 @@ describe("k8s.exec", function()
     assert.are.same({ "to stdout\n", "to stderr\n", 0 }, { r.stdout, r.stderr, r.code })
   end)
 
+  it("runs 20 execs at once, each returning its stdout and exit code 0", function()
+    -- the simulator closes each stream and lets go of it at once; a collector that runs
+    -- often (as in a busy playbook) must not cut off what is still queued for the client
+    local pause = collectgarbage("setpause", 50)
+    local ok, err = pcall(function()
+      for _ = 1, 3 do
+        local fns = {}
+        for i = 1, 20 do
+          fns[i] = function() return c:exec("deployment/api", { "echo", "hello" }, { check = true }) end
+        end
+        local results = { task.parallel(fns) }
+        assert.are.equal(20, #results)
+        for i = 1, 20 do
+          assert.are.same({ "hello\n", "", 0 }, { results[i].stdout, results[i].stderr, results[i].code })
+        end
+      end
+    end)
+    collectgarbage("setpause", pause)
+    assert(ok, err)
+  end)
+
   it("returns a non-zero exit code, and raises with it and the end of stderr under check", function()
     local r = c:exec("deployment/api", { "fail", "now" })
     assert.are.equal(3, r.code)

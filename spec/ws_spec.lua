@@ -180,6 +180,108 @@ describe("ws client and server", function()
   end)
 end)
 
+describe("ws servers that send, close and return", function()
+  -- The handler sends its messages, closes and returns at once: its connection's userdata
+  -- is garbage then, usually before libwebsockets has written anything. What was queued
+  -- and the close frame must still reach the client (sim.exec answers every exec so).
+  local COUNT, MESSAGES = 50, 20
+  local function sending_server(collect)
+    return http.server({ port = 0, handler = function(req)
+      local conn, status, message = ws.upgrade(req, { protocols = { "burst" } })
+      if not conn then return status, {}, message end
+      local id = req.query.id
+      for i = 1, MESSAGES do conn:send(("%s:%d:"):format(id, i) .. string.rep("x", 100 * i), i % 2 == 0) end
+      conn:close(1000, "done " .. id)
+      if collect then
+        conn = nil
+        collectgarbage()
+        collectgarbage()
+      end
+    end })
+  end
+
+  local function receive_all(url, id)
+    local conn <close> = ws.connect(url .. "/?id=" .. id, { protocols = { "burst" } })
+    local got = {}
+    while true do
+      local data, info = conn:recv(10)
+      if not data then return got, info end
+      got[#got + 1] = data
+    end
+  end
+
+  local function check_every_client(srv)
+    local fns = {}
+    for id = 1, COUNT do
+      fns[id] = function()
+        local got, info = receive_all(srv.url, id)
+        return { got = got, info = info }
+      end
+    end
+    local results = { task.parallel(fns) }
+    for id = 1, COUNT do
+      local r = results[id]
+      assert.are.equal(MESSAGES, #r.got, ("client %d got %d messages (%s)"):format(id, #r.got, tostring(r.info.message)))
+      for i = 1, MESSAGES do
+        assert.are.equal(("%d:%d:"):format(id, i) .. string.rep("x", 100 * i), r.got[i])
+      end
+      assert.are.same({ code = 1000, reason = "done " .. id, by_peer = true },
+        { code = r.info.code, reason = r.info.reason, by_peer = r.info.by_peer, error = r.info.error })
+    end
+  end
+
+  it("delivers every message, then the close, to 50 clients at once", function()
+    local srv = sending_server(false)
+    check_every_client(srv)
+    srv:close()
+  end)
+
+  it("still does when the collector runs as soon as the handler lets go", function()
+    local srv = sending_server(true)
+    check_every_client(srv)
+    srv:close()
+    assert.is_true(wait_until(function()
+      collectgarbage()
+      return ws.stats().connections == 0
+    end), "connections left: " .. ws.stats().connections)
+  end)
+
+  it("sends the close frame after a large message libwebsockets could only partly write", function()
+    local srv = http.server({ port = 0, handler = function(req)
+      local conn <close> = ws.upgrade(req, { protocols = { "burst" } })
+      conn:send(string.rep("z", 16 * 1024 * 1024), true)
+      -- tug's queue is empty at once; most of the message still waits inside libwebsockets
+      while conn.buffered > 0 do task.sleep(0.001) end
+      conn:close(1000, "after the big one")
+    end })
+    local conn <close> = ws.connect(srv.url .. "/", { protocols = { "burst" } })
+    local data = conn:recv(10)
+    assert.are.equal(16 * 1024 * 1024, #data)
+    local _, info = conn:recv(10)
+    assert.are.same({ code = 1000, reason = "after the big one", by_peer = true },
+      { code = info.code, reason = info.reason, by_peer = info.by_peer, error = info.error })
+    srv:close()
+  end)
+
+  it("reports a connection that ends without a closing handshake as broken", function()
+    -- a handler that lets go of an open connection: it is dropped, no close frame sent
+    local srv = http.server({ port = 0, handler = function(req)
+      local conn = ws.upgrade(req, { protocols = { "burst" } })
+      conn:recv(5)
+      conn = nil
+      collectgarbage()
+      collectgarbage()
+    end })
+    local conn <close> = ws.connect(srv.url .. "/", { protocols = { "burst" } })
+    conn:send("drop me")
+    local data, info = conn:recv(5)
+    assert.is_nil(data)
+    assert.are.same({ error = "closed", message = "the connection ended without a closing handshake",
+      by_peer = false }, { error = info.error, message = info.message, by_peer = info.by_peer, code = info.code })
+    srv:close()
+  end)
+end)
+
 describe("ws failures", function()
   it("raises a connect error naming the address when nothing listens", function()
     local err = err_of(ws.connect, "ws://127.0.0.1:1/x")

@@ -24,8 +24,11 @@
  *
  * Teardown: when a connection has closed and lws has freed its wsi, the reaper (an idle
  * handle, outside any lws callback) destroys its vhost; lws's finalize callback says when
- * the vhost is gone, and the connection is freed once no userdata points at it. At exit a
- * registry sentinel starts lws_context_destroy, sched_close's last run of the loop closes
+ * the vhost is gone, and the connection is freed once no userdata points at it. A
+ * connection whose userdata is collected while its close is under way (a server handler
+ * that sends, closes and returns) is not dropped: what it queued and the close frame still
+ * leave, and its timer goes once it has closed. At exit a registry sentinel drops such
+ * connections and starts lws_context_destroy, sched_close's last run of the loop closes
  * lws's handles, and an atexit handler calls lws_context_destroy again, which frees the
  * context (with a foreign libuv loop, lws 4.1 frees it only on that second call). The
  * context is never destroyed earlier: lws 4.1 closes its event pipe's descriptor twice
@@ -114,6 +117,7 @@ struct ws_conn {
   int server;
   int insecure;
   int attached;       /* a userdata points here */
+  int orphaned;       /* the userdata went while closing: the close finishes on its own */
   int destroy_wanted; /* closed: the vhost goes once lws has freed the wsi */
   int vh_destroying;  /* lws_vhost_destroy was called */
   size_t max_message;
@@ -166,6 +170,7 @@ static struct {
 } G;
 
 static void conn_update_timer(ws_conn *c);
+static void conn_release_timer(ws_conn *c);
 static void reaper_add(ws_conn *c);
 
 /* ---- small helpers ---- */
@@ -232,6 +237,8 @@ static void conn_closed(ws_conn *c) {
   wake(c->tx_waiter);
   reaper_add(c);
   conn_update_timer(c);
+  if (c->orphaned) /* no userdata will release it */
+    conn_release_timer(c);
 }
 
 /* Drops the connection at once. Never from inside an lws callback. */
@@ -431,7 +438,7 @@ static void rx_push(ws_conn *c) {
 
 /* Returns -1 to make lws close the connection. */
 static int on_receive(ws_conn *c, struct lws *wsi, const void *in, size_t len) {
-  if (c->discarding)
+  if (c->discarding || c->orphaned) /* nobody can take it: never let it pause the reading */
     return 0;
   if (lws_is_first_fragment(wsi)) {
     c->partial_len = 0;
@@ -613,6 +620,8 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
   case LWS_CALLBACK_CLOSED:
     if (c->partial_len && !c->error_kind[0] && c->closed_by_peer == 0)
       set_error(c, "closed", "the connection closed in the middle of a message");
+    if (!c->closed_by_peer && !c->close_wanted)
+      set_error(c, "closed", "the connection ended without a closing handshake");
     c->wsi = NULL;
     conn_closed(c);
     return 0;
@@ -1380,10 +1389,10 @@ static void conn_start_close(ws_conn *c, int code, const char *reason) {
     c->state = ST_CLOSING;
     uv_update_time(tug_loop());
     c->close_deadline = uv_now(tug_loop()) + WS_CLOSE_TIMEOUT_MS;
-    if (c->tx_head)
-      lws_callback_on_writable(c->wsi); /* the close frame follows the queue */
-    else
-      conn_send_close(c);
+    /* The close frame follows the queue, and what lws still holds of a message it could
+       only partly write: lws calls the writeable callback once that has left, whereas a
+       close started before would flush it and then drop the socket without the frame. */
+    lws_callback_on_writable(c->wsi);
   } else {
     conn_abort(c);
   }
@@ -1422,6 +1431,15 @@ static int conn_gc(lua_State *L) {
   if (c->tx_waiter) {
     free(c->tx_waiter);
     c->tx_waiter = NULL;
+  }
+  if (c->state == ST_CLOSING && c->wsi && !G.ctx_destroyed) {
+    /* close() was called: the messages queued before it and the close frame must still
+       leave (a server handler typically sends, closes and returns; the collector may run
+       before lws could write). The timer drives the close and is released once the
+       connection has closed, or after WS_CLOSE_TIMEOUT_MS at most. */
+    c->orphaned = 1;
+    conn_update_timer(c);
+    return 0;
   }
   conn_abort(c); /* an open connection nobody can reach any more */
   conn_release_timer(c);
@@ -1503,6 +1521,12 @@ static void destroy_context_at_exit(void) {
 /* The state is closing: start the context's teardown (the loop runs once more after). */
 static int sentinel_gc(lua_State *L) {
   (void)L;
+  /* connections still finishing a close nobody waits for: dropped, as open ones are */
+  for (ws_conn *c = G.conns, *next; c; c = next) {
+    next = c->next;
+    if (c->orphaned && c->state != ST_CLOSED)
+      conn_abort(c); /* conn_closed releases the timer; the context frees the rest */
+  }
   if (G.reaper) {
     uv_idle_stop(G.reaper);
     uv_close((uv_handle_t *)G.reaper, on_reaper_closed);

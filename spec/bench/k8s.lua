@@ -8,6 +8,9 @@
 --       from one task.parallel (set_image + rollout_status each): total time and this
 --       process's RSS, the simulator in a child process; then the same with N concurrent
 --       `kubectl set image && kubectl rollout status` pipelines (peak RSS summed)
+--   tug lua spec/bench/k8s.lua exec [RUNS]      one command in a pod of deployment/api
+--       (a canned answer): k8s.exec's round trip over the WebSocket stream, one after
+--       another and 20 at once, against `kubectl exec deployment/api -- echo hello`
 -- Nothing is asserted; spec/bench/run.sh prints this beside the other benchmarks.
 
 package.path = "spec/support/?.lua;" .. package.path
@@ -90,6 +93,34 @@ if mode == "latency" then
   end
   print("tug k8s.rollout_status:   " .. stats(tug_lat))
   print("kubectl rollout status:   " .. stats(kubectl_lat))
+  cluster:close()
+
+elseif mode == "exec" then
+  local runs = count or 50
+  local cluster = simtest.start({ port = 0 })
+  cluster.sim:set_exec({ argv = { "echo", "hello" }, stdout = "hello\n" })
+  local c = k8s.connect({ kubeconfig = cluster.kubeconfig }, { default = false })
+  c:exec("deployment/api", { "echo", "hello" }, { check = true }) -- warm: discovery, the pod list
+  local tug_lat, kubectl_lat = {}, {}
+  for _ = 1, runs do
+    local t0 = time.monotonic()
+    c:exec("deployment/api", { "echo", "hello" }, { check = true })
+    tug_lat[#tug_lat + 1] = time.monotonic() - t0
+  end
+  local fns = {}
+  for i = 1, 20 do fns[i] = function() return c:exec("deployment/api", { "echo", "hello" }, { check = true }) end end
+  local t0 = time.monotonic()
+  task.parallel(fns)
+  local parallel = time.monotonic() - t0
+  for _ = 1, math.min(runs, 20) do
+    t0 = time.monotonic()
+    local r = cluster:kubectl({ "exec", "deployment/api", "--", "echo", "hello" })
+    assert(r.code == 0 and r.stdout == "hello\n", r.stderr)
+    kubectl_lat[#kubectl_lat + 1] = time.monotonic() - t0
+  end
+  print("tug k8s.exec:             " .. stats(tug_lat))
+  print(("tug k8s.exec, 20 at once: %.1f ms in all"):format(parallel * 1000))
+  print("kubectl exec:             " .. stats(kubectl_lat))
   cluster:close()
 
 elseif mode == "many" then

@@ -62,6 +62,9 @@ echo
 echo "== k8s: rollout marked complete -> rollout_status returns, vs kubectl rollout status (target: under 50 ms, no slower than kubectl)"
 "$tug" lua spec/bench/k8s.lua latency 20
 echo
+echo "== k8s: a command in a pod (exec over WebSocket, v5.channel.k8s.io), vs kubectl exec"
+"$tug" lua spec/bench/k8s.lua exec 50
+echo
 echo "== k8s: 100 Deployments updated and awaited at once from one step, vs 100 concurrent kubectl pipelines"
 "$tug" lua spec/bench/k8s.lua many 100
 
