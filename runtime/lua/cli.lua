@@ -281,7 +281,7 @@ local function cmd_run(flags, params, rest, plan)
   end
   local function run_once(each_reporter, on_interrupt, notify_when)
     return engine.run({
-      pb = pb, env = env, params = values, plan = plan, yes = flags.yes, step_mode = step_mode(pb, flags), step = flags.step,
+      pb = pb, env = env, params = values, plan = plan, yes = flags.yes, step_mode = step_mode(pb, flags),
       from = flags.from, tags = tags, tag_list = tag_list, no_undo = flags["no-undo"],
       reporter = each_reporter, break_lock = flags["break-lock"], on_interrupt = on_interrupt,
       notify_when = notify_when,
@@ -314,7 +314,7 @@ local function cmd_resume(flags, _, rest)
   local ok, serr = check_step_mode(pb, flags)
   if not ok then return usage("%s", serr) end
   return engine.run({
-    pb = pb, env = env, params = run.params or {}, yes = flags.yes, step_mode = step_mode(pb, flags), step = flags.step,
+    pb = pb, env = env, params = run.params or {}, yes = flags.yes, step_mode = step_mode(pb, flags),
     reporter = reporter, resume = run,
   })
 end

@@ -255,9 +255,7 @@ function Run:gate(step)
   local o = self.opts
   if o.step_mode then
     if not interactive() then
-      error(tug.error.new("usage", self.pb.step_by_step and not o.step and
-        (self.pb.name .. " runs step by step and needs a terminal to ask on (--no-step runs it straight through)")
-        or "--step needs a terminal to ask on"), 0)
+      error(tug.error.new("usage", "--step needs a terminal to ask on"), 0) -- the CLI checks first
     end
     while true do
       local a = self:ask(string.format("Next: %s. [r]un, [s]kip or [a]bort?", step.name))
