@@ -127,13 +127,16 @@ describe("canary gated by a real Prometheus", function()
 
   lazy_setup(function()
     -- quiet: at the few requests a second of the simulated traffic, one error in a
-    -- five-second window would read as 1%
+    -- ten-second window would read as 1%. The window is ten seconds, and the first
+    -- measurement six seconds in, because rate() needs two scrapes of a series: with a
+    -- five-second window a bad canary's first 5xx series was sometimes too new to count
+    -- (read as 0 through "or vector(0)") at both measurements of its first weight.
     h = harness.new({ quiet = true })
     local sim_target = { address = h.cluster.url:match("^http://(.*)$"), close = function() end }
     prom = prometheus.start({ targets = { sim_target }, scrape_interval = "1s" })
     h:write_env(string.format([[
 metrics: { prometheus: { url: %s } }
-analysis: { window: 5s, initial_delay: 4s, count: 2, interval: 1s }
+analysis: { window: 10s, initial_delay: 6s, count: 2, interval: 1s }
 canary: { weights: [10, 50, 100] }
 ]], prom.url))
   end)
