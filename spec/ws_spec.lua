@@ -246,6 +246,58 @@ describe("ws servers that send, close and return", function()
     end), "connections left: " .. ws.stats().connections)
   end)
 
+  it("still does when Lua keeps the loop busy for longer than the close timeout", function()
+    -- Between two turns of the loop Lua may run for seconds (50 handlers each running the
+    -- collector over a large heap did): the 5 s the peer has counts from what it could see
+    local srv = http.server({ port = 0, handler = function(req)
+      local conn = ws.upgrade(req, { protocols = { "burst" } })
+      for i = 1, MESSAGES do conn:send(("busy:%d"):format(i)) end
+      conn:close(1000, "after a busy loop")
+      local until_t = time.monotonic() + 5.5
+      while time.monotonic() < until_t do end -- no yield: the loop is stuck meanwhile
+    end })
+    local got, info = receive_all(srv.url, "busy")
+    assert.are.equal(MESSAGES, #got, ("got %d messages (%s)"):format(#got, tostring(info.message)))
+    assert.are.equal("busy:" .. MESSAGES, got[MESSAGES])
+    assert.are.same({ code = 1000, reason = "after a busy loop", by_peer = true },
+      { code = info.code, reason = info.reason, by_peer = info.by_peer, error = info.error })
+    srv:close()
+  end)
+
+  it("drops a closing connection whose peer takes nothing for 5 s", function()
+    assert.is_true(wait_until(function()
+      collectgarbage()
+      return ws.stats().connections == 0
+    end), "connections left from before: " .. ws.stats().connections)
+    local closed_at, buffered, server_conn
+    local srv = http.server({ port = 0, handler = function(req)
+      local conn = ws.upgrade(req, { protocols = { "burst" } })
+      server_conn = conn
+      -- the client never reads: once the socket buffers are full, the queue stays
+      for _ = 1, 400 do
+        if conn.buffered > 512 * 1024 then break end
+        conn:send(string.rep("p", 256 * 1024), true)
+        task.sleep(0.01)
+      end
+      buffered = conn.buffered
+      closed_at = time.monotonic()
+      conn:close(1000, "never sent")
+    end })
+    local conn <close> = ws.connect(srv.url .. "/", { protocols = { "burst" } })
+    assert.is_true(wait_until(function() return closed_at ~= nil end, 10), "the handler never closed")
+    assert.is_true(buffered > 512 * 1024, "the queue never filled: " .. tostring(buffered))
+    assert.is_true(wait_until(function() return server_conn.state == "closed" end, 10),
+      "the closing connection was never dropped")
+    local waited = time.monotonic() - closed_at
+    assert.is_true(waited > 4.5 and waited < 8, ("dropped after %.2f s"):format(waited))
+    -- the client reads what made it across, then sees the connection break
+    local data, info
+    repeat data, info = conn:recv(10) until not data
+    assert.are.equal("closed", info.error)
+    assert.is_false(info.by_peer)
+    srv:close()
+  end)
+
   it("sends the close frame after a large message libwebsockets could only partly write", function()
     local srv = http.server({ port = 0, handler = function(req)
       local conn <close> = ws.upgrade(req, { protocols = { "burst" } })

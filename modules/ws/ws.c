@@ -63,6 +63,8 @@
 #define WS_TX_HIGH (1024 * 1024)
 /* ...and goes on once it falls to this. */
 #define WS_TX_LOW (256 * 1024)
+/* A closing connection is dropped when the peer takes none of the queue, or does not answer
+   the close frame, for this long. */
 #define WS_CLOSE_TIMEOUT_MS 5000
 /* Keeps the loop alive while a task waits without a deadline. */
 #define WS_KEEPALIVE_MS 60000
@@ -126,6 +128,7 @@ struct ws_conn {
   ws_op *tx_waiter;     /* a send waiting for the queue to drain */
   uint64_t rx_deadline; /* uv_now() ms, 0 for none */
   uint64_t close_deadline;
+  int close_expired; /* the deadline passed: dropped unless the next poll phase moves it */
   uv_timer_t *timer; /* NULL once closed */
 
   ws_msg *rx_head, *rx_tail;
@@ -171,6 +174,7 @@ static struct {
 
 static void conn_update_timer(ws_conn *c);
 static void conn_release_timer(ws_conn *c);
+static void close_deadline_restart(ws_conn *c);
 static void reaper_add(ws_conn *c);
 
 /* ---- small helpers ---- */
@@ -233,6 +237,7 @@ static void wake(ws_op *op) {
 static void conn_closed(ws_conn *c) {
   c->state = ST_CLOSED;
   c->close_deadline = 0;
+  c->close_expired = 0;
   wake(c->rx_waiter);
   wake(c->tx_waiter);
   reaper_add(c);
@@ -357,6 +362,7 @@ static void conn_send_close(ws_conn *c) {
   struct lws *wsi = c->wsi;
   if (wsi == NULL || c->state == ST_CLOSED)
     return;
+  close_deadline_restart(c); /* the peer's answer is awaited from now (lws may close at once) */
   lws_close_reason(wsi, (enum lws_close_status)c->close_code, (unsigned char *)c->close_reason,
                    strlen(c->close_reason));
   lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_SYNC);
@@ -379,10 +385,23 @@ static void on_timer(uv_timer_t *t) {
     wake(c->rx_waiter);
   }
   if (c->close_deadline && now >= c->close_deadline) {
-    c->close_deadline = 0;
-    conn_abort(c); /* the peer never answered our close: drop the connection */
+    if (!c->close_expired) {
+      /* Timers run before the poll phase: after a turn of the loop that Lua kept busy past
+         the deadline, room to write or the peer's answer may be waiting unseen. The next
+         poll phase decides (a write or the close frame moves the deadline). */
+      c->close_expired = 1;
+    } else {
+      c->close_deadline = 0;
+      conn_abort(c); /* the peer took nothing, or never answered our close: drop it */
+    }
   }
   conn_update_timer(c);
+}
+
+/* The closing connection made progress: the peer has WS_CLOSE_TIMEOUT_MS from now. */
+static void close_deadline_restart(ws_conn *c) {
+  c->close_deadline = uv_now(tug_loop()) + WS_CLOSE_TIMEOUT_MS;
+  c->close_expired = 0;
 }
 
 static void conn_update_timer(ws_conn *c) {
@@ -400,6 +419,8 @@ static void conn_update_timer(ws_conn *c) {
     due = c->rx_deadline;
   if (c->state == ST_CLOSING && c->close_deadline && c->close_deadline < due)
     due = c->close_deadline;
+  if (c->close_expired && due <= now) /* not 0: libuv would run it again before polling */
+    due = now + 1;
   uv_timer_start(c->timer, on_timer, due > now ? due - now : 0, 0);
 }
 
@@ -453,7 +474,7 @@ static int on_receive(ws_conn *c, struct lws *wsi, const void *in, size_t len) {
       c->close_code = LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE;
       snprintf(c->close_reason, sizeof c->close_reason, "message too large");
       c->state = ST_CLOSING;
-      c->close_deadline = uv_now(tug_loop()) + WS_CLOSE_TIMEOUT_MS;
+      close_deadline_restart(c);
       c->close_now = 1;
       conn_update_timer(c);
     }
@@ -495,6 +516,8 @@ static int on_writeable(ws_conn *c, struct lws *wsi) {
       set_error(c, "closed", "writing to the connection failed");
       return -1;
     }
+    if (c->state == ST_CLOSING)
+      close_deadline_restart(c);
     if (c->tx_waiter && c->tx_bytes <= WS_TX_LOW)
       wake(c->tx_waiter);
     if (c->tx_head || c->close_wanted)
@@ -1388,7 +1411,7 @@ static void conn_start_close(ws_conn *c, int code, const char *reason) {
   if (c->state == ST_OPEN && c->wsi) {
     c->state = ST_CLOSING;
     uv_update_time(tug_loop());
-    c->close_deadline = uv_now(tug_loop()) + WS_CLOSE_TIMEOUT_MS;
+    close_deadline_restart(c);
     /* The close frame follows the queue, and what lws still holds of a message it could
        only partly write: lws calls the writeable callback once that has left, whereas a
        close started before would flush it and then drop the socket without the frame. */
