@@ -240,36 +240,14 @@ describe("k8s.exec through TLS, a client certificate and a token", function()
   local nginx = require("nginx")
   local cluster, proxy, dir
 
-  local function openssl(args)
-    local argv = { "openssl" }
-    for _, a in ipairs(args) do argv[#argv + 1] = a end
-    local r = exec.run(argv, { timeout = 30 })
-    assert(r.code == 0, "openssl " .. args[1] .. ": " .. r.stderr)
-  end
-
-  local function read(path)
-    local f = assert(io.open(path, "rb"))
-    local text = f:read("a")
-    f:close()
-    return text
-  end
+  local fixture = require("fixture")
+  local read = fixture.read
 
   setup(function()
     cluster = simtest.start({ port = 0 })
     cluster.sim:set_exec({ argv = { "id" }, stdout = "uid=0(root)\n" })
     dir = cluster.dir
-    local ec = { "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes" }
-    openssl({ "req", "-x509", ec[1], ec[2], ec[3], ec[4], ec[5], "-keyout", dir .. "/client-ca.key",
-      "-out", dir .. "/client-ca.crt", "-days", "2", "-subj", "/CN=tug spec client CA",
-      "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign" })
-    openssl({ "req", ec[1], ec[2], ec[3], ec[4], ec[5], "-keyout", dir .. "/client.key", "-out", dir .. "/client.csr",
-      "-subj", "/CN=alice" })
-    local f = assert(io.open(dir .. "/client.ext", "w"))
-    f:write("basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n")
-    f:close()
-    openssl({ "x509", "-req", "-in", dir .. "/client.csr", "-CA", dir .. "/client-ca.crt", "-CAkey",
-      dir .. "/client-ca.key", "-CAcreateserial", "-out", dir .. "/client.crt", "-days", "2",
-      "-extfile", dir .. "/client.ext" })
+    fixture.client_pki(dir)
     local deny = [[return 401 '{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}';]]
     proxy = nginx.start({ tls = true, locations = table.concat({
       ("ssl_client_certificate %s/client-ca.crt;"):format(dir),

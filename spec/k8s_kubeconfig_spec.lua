@@ -16,6 +16,7 @@ local k8s = require("k8s")
 local kubeconfig = require("k8s.kubeconfig")
 local nginx = require("nginx")
 local child = require("child")
+local fixture = require("fixture")
 local simtest = dofile("spec/support/sim.lua")
 
 local dir      -- a private directory for the files written here
@@ -30,32 +31,11 @@ local function write(path, text, mode)
   return path
 end
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local text = f:read("a")
-  f:close()
-  return text
-end
-
-local function openssl(args)
-  local argv = { "openssl" }
-  for _, a in ipairs(args) do argv[#argv + 1] = a end
-  local r = exec.run(argv, { timeout = 30 })
-  assert(r.code == 0, "openssl " .. args[1] .. ": " .. r.stderr)
-end
+local read = fixture.read
 
 -- A client CA and a client certificate it signed (what a cluster's CA gives a user).
 local function client_pki()
-  local ec = { "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes" }
-  openssl({ "req", "-x509", ec[1], ec[2], ec[3], ec[4], ec[5], "-keyout", dir .. "/client-ca.key",
-    "-out", dir .. "/client-ca.crt", "-days", "2", "-subj", "/CN=tug spec client CA",
-    "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign" })
-  openssl({ "req", ec[1], ec[2], ec[3], ec[4], ec[5], "-keyout", dir .. "/client.key", "-out", dir .. "/client.csr",
-    "-subj", "/CN=alice/O=system:masters" })
-  write(dir .. "/client.ext", "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n")
-  openssl({ "x509", "-req", "-in", dir .. "/client.csr", "-CA", dir .. "/client-ca.crt", "-CAkey",
-    dir .. "/client-ca.key", "-CAcreateserial", "-out", dir .. "/client.crt", "-days", "2",
-    "-extfile", dir .. "/client.ext" })
+  fixture.client_pki(dir, "/CN=alice/O=system:masters")
 end
 
 local UNAUTHORIZED = [[{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}]]

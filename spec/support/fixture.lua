@@ -1,5 +1,6 @@
 -- fixture.lua: what the starters of the specs' test servers (nginx, PostgreSQL,
--- Prometheus) share: free loopback ports, commands that must succeed, files to write.
+-- Prometheus) and TLS specs share: free loopback ports, commands that must succeed, files
+-- to write and read, client certificates.
 local fixture = {}
 
 -- Ports something listens on now, from /proc/net/tcp and tcp6 (state 0A is LISTEN).
@@ -41,6 +42,34 @@ function fixture.write(path, content)
   local f = assert(io.open(path, "wb"))
   f:write(content)
   f:close()
+end
+
+function fixture.read(path)
+  local f = assert(io.open(path, "rb"))
+  local text = f:read("a")
+  f:close()
+  return text
+end
+
+-- A client CA and a client certificate it signed (what a cluster's CA gives a user), in
+-- dir: client-ca.key, client-ca.crt, client.key, client.crt. subject: the client's
+-- (default "/CN=alice").
+function fixture.client_pki(dir, subject)
+  local function openssl(args)
+    local argv = { "openssl" }
+    for _, a in ipairs(args) do argv[#argv + 1] = a end
+    fixture.run(argv, "openssl " .. args[1], "client_pki")
+  end
+  local ec = { "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes" }
+  openssl({ "req", "-x509", ec[1], ec[2], ec[3], ec[4], ec[5], "-keyout", dir .. "/client-ca.key",
+    "-out", dir .. "/client-ca.crt", "-days", "2", "-subj", "/CN=tug spec client CA",
+    "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign" })
+  openssl({ "req", ec[1], ec[2], ec[3], ec[4], ec[5], "-keyout", dir .. "/client.key", "-out", dir .. "/client.csr",
+    "-subj", subject or "/CN=alice" })
+  fixture.write(dir .. "/client.ext", "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n")
+  openssl({ "x509", "-req", "-in", dir .. "/client.csr", "-CA", dir .. "/client-ca.crt", "-CAkey",
+    dir .. "/client-ca.key", "-CAcreateserial", "-out", dir .. "/client.crt", "-days", "2",
+    "-extfile", dir .. "/client.ext" })
 end
 
 return fixture
