@@ -75,7 +75,7 @@ sanitize: deps
 	@$(MAKE) --no-print-directory BUILD=$(SAN_BUILD) BIN=$(SAN_BUILD)/tug \
 	  OPT="-O1 -g $(SAN_FLAGS)" LDFLAGS="-Wl,-E $(SAN_FLAGS)"
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	  TUG_UNDER_TEST=$(SAN_BUILD)/tug $(SAN_BUILD)/tug test spec
+	  TUG_UNDER_TEST=$(abspath $(SAN_BUILD))/tug $(SAN_BUILD)/tug test spec
 
 demo: deps
 	@$(MAKE) --no-print-directory tug
