@@ -47,21 +47,12 @@ function aws_fixture.start(opts)
   local proc = exec.spawn({ "/usr/bin/python3", root .. "/spec/support/aws_fixture.py",
     access_key, secret_key }, { lines = true, kill_grace = 1 })
   local fixture = setmetatable({ proc = proc }, Fixture)
-  local ok, port = pcall(task.timeout, 20, function()
-    while true do
-      local batch = proc:next_lines()
-      if not batch then error("aws_fixture.py exited: " .. tostring(proc:wait().stderr), 0) end
-      for _, l in ipairs(batch) do
-        local p = l.line:match("^listening (%d+)$")
-        if p then return tonumber(p) end
-      end
-    end
-  end)
+  local ok, port = pcall(require("fixture").wait_for_line, proc, "^listening (%d+)$", "aws_fixture.py")
   if not ok then
     fixture:stop()
     error(port, 0)
   end
-  fixture.port = port
+  fixture.port = tonumber(port)
   fixture.url = "http://127.0.0.1:" .. port
   fixture.credentials = { access_key_id = access_key, secret_access_key = secret_key }
   return fixture

@@ -44,6 +44,22 @@ function fixture.write(path, content)
   f:close()
 end
 
+-- Waits (at most `seconds`) for a line of proc's output (spawned with lines = true) that
+-- matches `pattern`; returns its first capture. Raises, naming `who`, when the process
+-- exits first or the time runs out.
+function fixture.wait_for_line(proc, pattern, who, seconds)
+  return task.timeout(seconds or 20, function()
+    while true do
+      local batch = proc:next_lines()
+      if not batch then error(who .. " exited before it was ready: " .. tostring(proc:wait().stderr), 0) end
+      for _, l in ipairs(batch) do
+        local found = l.line:match(pattern)
+        if found then return found end
+      end
+    end
+  end)
+end
+
 function fixture.read(path)
   local f = assert(io.open(path, "rb"))
   local text = f:read("a")

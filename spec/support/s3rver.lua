@@ -78,24 +78,12 @@ function s3rver.start(opts)
   local proc = exec.spawn({ "node", "--openssl-legacy-provider", "-e", SCRIPT, module_dir(), dir, json.encode(opts.buckets or { "bucket" }) },
     { lines = true, kill_grace = 1 })
   local server = setmetatable({ proc = proc, dir = dir }, Server)
-  local ok, port = pcall(task.timeout, 20, function()
-    while true do
-      local batch = proc:next_lines()
-      if not batch then
-        local r = proc:wait()
-        error("s3rver exited before listening: " .. tostring(r.stderr), 0)
-      end
-      for _, l in ipairs(batch) do
-        local p = l.line:match("^listening (%d+)$")
-        if p then return tonumber(p) end
-      end
-    end
-  end)
+  local ok, port = pcall(require("fixture").wait_for_line, proc, "^listening (%d+)$", "s3rver")
   if not ok then
     server:stop()
     error(port, 0)
   end
-  server.port = port
+  server.port = tonumber(port)
   server.url = "http://127.0.0.1:" .. port
   -- node has bound the port when it prints; one HTTP answer makes sure the app is routing
   local deadline = time.monotonic() + 10
