@@ -1,8 +1,9 @@
 # tug: one binary that embeds Lua 5.4 on a libuv loop and runs deployment playbooks.
 #
 #   make               build ./tug
-#   make deps          install the Debian packages listed in vendor/ (quick when present)
-#   make test          deps + build + every test (C tests, then the busted specs in tug)
+#   make deps          install what the build and the tests need (vendor/install.sh; quick
+#                      when present)
+#   make test          deps + build + every test (the busted specs in tug)
 #   make demo          the main job (see README.md)
 #   make bench         benchmarks, figures printed beside the tools users would pick
 #   make sanitize      the whole suite under ASan + UBSan
@@ -67,17 +68,22 @@ deps-checked:
 deps:
 	@vendor/install.sh build test
 
+# vendor/bin holds kubectl when install.sh had to fetch it.
+TEST_PATH := PATH="$(CURDIR)/vendor/bin:$$PATH"
+
 test: deps
 	@$(MAKE) --no-print-directory tug
-	./tug test spec
+	$(TEST_PATH) ./tug test spec
 
 sanitize: deps
 	@$(MAKE) --no-print-directory BUILD=$(SAN_BUILD) BIN=$(SAN_BUILD)/tug \
 	  OPT="-O1 -g $(SAN_FLAGS)" LDFLAGS="-Wl,-E $(SAN_FLAGS)"
-	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	$(TEST_PATH) ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  TUG_UNDER_TEST=$(abspath $(SAN_BUILD))/tug $(SAN_BUILD)/tug test spec
 
-demo: deps
+# The demo needs only the binary: it installs the build group, not the test servers.
+demo:
+	@vendor/install.sh build
 	@$(MAKE) --no-print-directory tug
 	spec/demo/demo.sh
 

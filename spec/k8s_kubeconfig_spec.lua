@@ -126,7 +126,7 @@ describe("k8s kubeconfig", function()
   describe("resolution, held to kubectl's", function()
     -- What kubectl makes of a KUBECONFIG: server, namespace, token or tokenFile, user.
     local function kubectl_view(env, args)
-      local argv = { "kubectl", "config", "view", "--minify", "--raw", "-o", "json" }
+      local argv = require("kubectl").argv({ "config", "view", "--minify", "--raw", "-o", "json" })
       for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
       local r = exec.run(argv, { env = env, timeout = 30 })
       assert.are.equal(0, r.code, r.stderr)
@@ -225,7 +225,7 @@ users:
       write(dir .. "/sub/token", "good-file-token\n")
       local path = write(dir .. "/sub/config", config(
         { server = "https://127.0.0.1:1", ["certificate-authority"] = "certs/ca.crt" }, { tokenFile = "token" }))
-      local r = exec.run({ "kubectl", "config", "view", "--minify", "--raw", "--flatten", "-o", "json" },
+      local r = exec.run(require("kubectl").argv({ "config", "view", "--minify", "--raw", "--flatten", "-o", "json" }),
         { env = { KUBECONFIG = path }, timeout = 30 })
       assert.are.equal(0, r.code, r.stderr)
       local flat = json.decode(r.stdout)

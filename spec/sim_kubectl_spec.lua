@@ -413,7 +413,7 @@ describe("tug sim (sim.cli)", function()
         for _, e in ipairs(lines) do said[#said + 1] = e.line end
       end
       assert.matches("^simulated cluster serving at http://127%.0%.0%.1:%d+ %(namespace multiship%)$", said[1])
-      local r = exec.run({ "kubectl", "--kubeconfig", kc, "get", "deployment", "api-blue", "-o", "json" },
+      local r = exec.run(require("kubectl").argv({ "--kubeconfig", kc, "get", "deployment", "api-blue", "-o", "json" }),
         { env = { KUBECACHEDIR = dir .. "/cache", HOME = dir, PATH = os.getenv("PATH") }, timeout = 30 })
       assert.are.equal(0, r.code, r.stderr)
       assert.are.equal(4, json.decode(r.stdout).status.availableReplicas)

@@ -24,9 +24,21 @@ server.run().then((address) => { console.log('listening ' + address.port); },
 process.on('SIGTERM', () => process.exit(0));
 ]]
 
+local function node_modules()
+  return (os.getenv("TUG_ROOT") or ".") .. "/vendor/node/node_modules"
+end
+
 local function module_dir()
-  local root = os.getenv("TUG_ROOT") or "."
-  return root .. "/vendor/node/node_modules/@20minutes/s3rver"
+  return node_modules() .. "/@20minutes/s3rver"
+end
+
+-- The Node.js 20 that vendor/install.sh put beside s3rver (Debian 12's node is 18, too
+-- old for it); the node on PATH when that is missing.
+local function node()
+  local vendored = node_modules() .. "/.bin/node"
+  local f = io.open(vendored)
+  if f then f:close() return vendored end
+  return "node"
 end
 
 function s3rver.available()
@@ -75,7 +87,7 @@ function s3rver.start(opts)
   local json = require("json")
   -- s3rver makes continuation tokens with DES, which node 20's OpenSSL 3 only has in its
   -- legacy provider: without it every truncated listing is a 500 InternalError.
-  local proc = exec.spawn({ "node", "--openssl-legacy-provider", "-e", SCRIPT, module_dir(), dir, json.encode(opts.buckets or { "bucket" }) },
+  local proc = exec.spawn({ node(), "--openssl-legacy-provider", "-e", SCRIPT, module_dir(), dir, json.encode(opts.buckets or { "bucket" }) },
     { lines = true, kill_grace = 1 })
   local server = setmetatable({ proc = proc, dir = dir }, Server)
   local ok, port = pcall(require("fixture").wait_for_line, proc, "^listening (%d+)$", "s3rver")

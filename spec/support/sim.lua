@@ -98,7 +98,7 @@ end
 -- kubectl ARGS against this cluster -> exec.run's result (code, stdout, stderr).
 function Cluster:kubectl(args, opts)
   opts = opts or {}
-  local argv = { "kubectl", "--kubeconfig", self.kubeconfig }
+  local argv = require("kubectl").argv({ "--kubeconfig", self.kubeconfig })
   for _, a in ipairs(args) do argv[#argv + 1] = a end
   return exec.run(argv, {
     env = { KUBECACHEDIR = self.dir .. "/cache", HOME = self.dir, PATH = os.getenv("PATH") },
