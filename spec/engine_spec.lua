@@ -570,6 +570,73 @@ return playbook { steps = {
     assert.matches("EXIT=1", text)
   end)
 
+  -- The live view (no --output): a question stays on the screen, below the steps, for as
+  -- long as it waits (the 100 ms redraw must not erase it), and goes to the history above
+  -- the steps with its answer.
+  local function stays(screen, text)
+    if not project.wait_for(function() return screen():find(text, 1, true) end) then return false end
+    task.sleep(0.5) -- five redraws of the live view
+    return screen():find(text, 1, true) ~= nil
+  end
+
+  it("keeps every kind of question on the screen in the live view until it is answered", function()
+    p:write("environments/production.yaml", "name: production\nprotected: true\n")
+    p:write("playbooks/pb.lua", TRACE .. [[
+return playbook { steps = {
+  step "look around" { read_only = true, run = function(ctx)
+    trace("severity=" .. ctx:ask("Severity?", { choices = { "sev1", "sev2" } }))
+  end },
+  step "change it" { confirm = "Really change {env}?", run = function() trace("change") end },
+  step "after" { read_only = true, run = function() task.sleep(0.2) trace("after") end },
+} }]])
+    local keys, screen = terminal({ "run", "pb", "--env", "production", "--step" })
+    assert.is_true(stays(screen, "Next: look around. [r]un, [s]kip or [a]bort?"), screen())
+    assert.matches("1%. look around", screen()) -- the steps are drawn above the question
+    keys("r", "Enter")
+    assert.is_true(stays(screen, "Severity? [sev1/sev2]"), screen())
+    keys("sev9", "Enter")
+    assert.is_true(stays(screen, "answer one of: sev1, sev2"), screen())
+    keys("sev2", "Enter")
+    assert.is_true(stays(screen, "Next: change it. [r]un, [s]kip or [a]bort?"), screen())
+    keys("r", "Enter")
+    assert.is_true(stays(screen, "Really change production? [y/N]"), screen())
+    keys("y", "Enter")
+    assert.is_true(stays(screen, "Next: after. [r]un, [s]kip or [a]bort?"), screen())
+    keys("r", "Enter")
+    assert.is_true(project.wait_for(function() return screen():find("EXIT=", 1, true) end), screen())
+    local text = screen()
+    assert.matches("EXIT=0", text)
+    -- each question and its answer stay in the history, and the view is whole at the end
+    assert.matches("Severity%? %[sev1/sev2%] sev9\n%s+answer one of: sev1, sev2\n%s+Severity%? %[sev1/sev2%] sev2", text)
+    assert.matches("Really change production%? %[y/N%] y", text)
+    assert.matches("✓%s+1%. look around", text)
+    assert.matches("✓%s+2%. change it", text)
+    assert.matches("✓%s+3%. after", text)
+    assert.matches("succeeded", text)
+    assert.are.same({ "severity=sev2", "change", "after" }, read_trace(p))
+  end)
+
+  it("asks on a protected environment in the live view, and rolls back when declined", function()
+    p:write("environments/production.yaml", "name: production\nprotected: true\n")
+    p:write("playbooks/pb.lua", TRACE .. [[
+return playbook { steps = {
+  step "first" { run = function() trace("first") end, undo = function() trace("undo:first") end },
+  step "second" { confirm = "Go on with the second step?", run = function() trace("second") end },
+} }]])
+    local keys, screen = terminal({ "run", "pb", "--env", "production" })
+    assert.is_true(stays(screen, "production is protected. Run \"first\"? [y/N]"), screen())
+    keys("y", "Enter")
+    assert.is_true(stays(screen, "production is protected. Run \"second\"? [y/N]"), screen())
+    keys("y", "Enter")
+    assert.is_true(stays(screen, "Go on with the second step? [y/N]"), screen())
+    keys("n", "Enter")
+    assert.is_true(project.wait_for(function() return screen():find("EXIT=", 1, true) end), screen())
+    local text = screen()
+    assert.matches("EXIT=4", text)
+    assert.matches("Go on with the second step%? %[y/N%] n", text)
+    assert.are.same({ "first", "undo:first" }, read_trace(p))
+  end)
+
   it("asks before each changing step on a protected environment", function()
     p:write("environments/production.yaml", "name: production\nprotected: true\n")
     p:write("playbooks/pb.lua", TRACE .. [[

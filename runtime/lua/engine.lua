@@ -47,9 +47,7 @@ end
 
 -- Reads one answer from the terminal, on the loop; nil when stdin is closed or the read
 -- was cancelled (Ctrl-C cancels the task that waits on it).
-local function ask(question)
-  io.stdout:write(question, " ")
-  io.stdout:flush()
+local function read_answer()
   local ok, line = pcall(tug.sys.read_line)
   return ok and line and line:match("^%s*(.-)%s*$") or nil
 end
@@ -202,7 +200,7 @@ function Run:make_ctx()
         run:emit({ event = "decision", question = question, answer = answer })
         return answer
       end
-      io.stdout:write(choices and ("answer one of: " .. table.concat(choices, ", ") .. "\n") or "an answer is needed\n")
+      ;(run.reporter.prompt_note or io.write)(choices and ("answer one of: " .. table.concat(choices, ", ") .. "\n") or "an answer is needed\n")
     end
   end
   function ctx:would(description)
@@ -241,12 +239,23 @@ end
 -- Asks before a step when on-call mode (--step) or a protected environment wants it.
 -- Returns "run", "skip" or "abort".
 -- Asks in a task of its own, which Ctrl-C cancels like a running step.
+-- A reporter without prompt hooks (a playbook harness's, say) gets the question on stdout.
+local function plain_prompt_start(question)
+  io.stdout:write(question, " ")
+  io.stdout:flush()
+end
+
+-- The reporter shows the question (the live view stops redrawing until it is answered).
 function Run:ask(question)
-  local asking = task.spawn(ask, question)
+  local reporter = self.reporter
+  ;(reporter.prompt_start or plain_prompt_start)(question)
+  local asking = task.spawn(read_answer)
   local outer = self.current
   self.current = asking
-  local answer = asking:wait()
+  local answered, answer = pcall(asking.wait, asking)
   self.current = outer
+  if reporter.prompt_end then reporter.prompt_end(question, answered and answer or nil) end
+  if not answered then error(answer, 0) end
   return answer
 end
 

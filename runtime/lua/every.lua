@@ -182,6 +182,7 @@ local function observing(reporter, seen)
         seen.status, seen.duration, seen.interrupted = e.status, e.duration, e.interrupted
       end
     end,
+    prompt_start = reporter.prompt_start, prompt_end = reporter.prompt_end, prompt_note = reporter.prompt_note,
   }
 end
 

@@ -83,6 +83,7 @@ end
 local function tty()
   local r = { steps = {}, lines = 0, running = false, frame = 0, header = nil, footer = {} }
   local function render()
+    if r.asking then return end
     local width = tug.sys.term_width() - 1
     local buf = {}
     if r.lines > 0 then buf[#buf + 1] = string.format("\27[%dA\27[J", r.lines) end
@@ -112,11 +113,41 @@ local function tty()
     out(table.concat(buf))
   end
   local function above(text)
+    if r.asking then -- shown once the question is answered
+      r.held[#r.held + 1] = text
+      return
+    end
     if r.lines > 0 then out(string.format("\27[%dA\27[J", r.lines)) end
     r.lines = 0
     out(text)
     render()
   end
+  -- Rows a text takes on a terminal `width` columns wide (at least one).
+  local function rows(text, width)
+    local columns = utf8.len(text) or #text
+    return math.max(1, math.ceil(columns / (width + 1)))
+  end
+  -- A question is asked below the steps, and nothing redraws until it is answered: a
+  -- redraw would erase it and what the operator types. Then the question and its answer
+  -- move above the steps, into the scrolled history.
+  function r.prompt_start(question)
+    render()
+    r.asking = question
+    r.held = {}
+    out(question .. " ")
+  end
+  function r.prompt_end(question, answer)
+    local width = tug.sys.term_width() - 1
+    -- the cursor is on the line after the question and the echoed answer
+    local asked = rows(question .. " " .. (answer or ""), width)
+    out(string.format("\27[%dA\27[J", r.lines + asked))
+    r.lines = 0
+    r.asking = nil
+    local held = r.held
+    r.held = nil
+    above(string.format("   %s %s\n%s", question, answer or "(no answer)", table.concat(held)))
+  end
+  r.prompt_note = function(text) above("   " .. text) end
   function r.event(e)
     local kind = e.event
     if kind == "run_start" then
@@ -129,7 +160,7 @@ local function tty()
         while r.running do
           task.sleep(0.1)
           r.frame = r.frame + 1
-          if r.running then render() end
+          if r.running and not r.asking then render() end
         end
       end)
     elseif kind == "step_start" then
@@ -270,6 +301,13 @@ function M.new(opts)
     event = function(e, line)
       for _, r in ipairs(list) do r.event(e, line) end
     end,
+    -- the live view shows a question and takes it back when answered; other outputs
+    -- write the question on stdout as it is
+    prompt_start = list[1].prompt_start or function(question)
+      out(question .. " ")
+    end,
+    prompt_end = list[1].prompt_end or function() end,
+    prompt_note = list[1].prompt_note or out,
   }
 end
 
