@@ -95,9 +95,17 @@ bench: deps
 lint:
 	clang-format --dry-run -Werror runtime/*.c runtime/*.h modules/*/*.c
 
+# The binary, its man page and shell completions, all made by the binary itself.
 install: tug
-	install -d $(DESTDIR)$(PREFIX)/bin
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+	  $(DESTDIR)$(PREFIX)/share/bash-completion/completions \
+	  $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions \
+	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
 	install -m 755 tug $(DESTDIR)$(PREFIX)/bin/tug
+	./tug help --man > $(DESTDIR)$(PREFIX)/share/man/man1/tug.1
+	./tug completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/tug
+	./tug completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_tug
+	./tug completion fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/tug.fish
 
 clean:
 	rm -rf $(BUILD) tug

@@ -28,6 +28,7 @@ fail() {
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 updated=0
+warned=0
 
 # apt_install GROUP PACKAGE...: installs the packages that are not installed yet.
 apt_install() {
@@ -43,9 +44,10 @@ apt_install() {
   case "$missing" in *lua-busted*) missing="$missing lua5.4" ;; esac
   count=$(echo $missing | wc -w)
   say "$group: installing $count Debian package(s):$missing (output in $log)"
-  if [ "$group" = test ]; then
+  if [ "$group" = test ] && [ "$warned" = 0 ]; then
     say "test: the tests start their own PostgreSQL, Prometheus and nginx on loopback ports;" \
       "on a machine with systemd, installing Debian's packages also starts their services"
+    warned=1
   fi
   if [ "$updated" = 0 ]; then
     $sudo apt-get update >> "$log" 2>&1 || fail "apt-get update"

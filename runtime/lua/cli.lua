@@ -18,9 +18,11 @@ local function complain(fmt, ...)
   io.stderr:write("tug: ", string.format(fmt, ...), "\n")
 end
 
+local command -- the command being run, for the hint after a usage error
+
 local function usage(fmt, ...)
   complain(fmt, ...)
-  io.stderr:write("run 'tug help' for usage\n")
+  io.stderr:write(command and ("run 'tug help " .. command .. "' for usage\n") or "run 'tug help' for usage\n")
   return EXIT.usage
 end
 
@@ -35,6 +37,8 @@ local FLAGS = {
   check = { playbooks = true },
   runs = {},
   show = {},
+  help = { man = false },
+  completion = {},
 }
 
 -- Splits the words after the command into flags, key=value params and plain words.
@@ -46,7 +50,9 @@ local function parse(command, words)
     local w = words[i]
     local name, inline = w:match("^%-%-([%w%-]+)=(.*)$")
     name = name or w:match("^%-%-([%w%-]+)$")
-    if name then
+    if w == "--help" or w == "-h" then
+      flags.help = true
+    elseif name then
       if allowed[name] == nil then
         return nil, string.format("'tug %s' has no option --%s", command, name)
       end
@@ -356,7 +362,35 @@ local function cmd_show(_, _, rest)
   return EXIT.ok
 end
 
+-- ---- help ----
+
+local function cmd_help(flags, _, rest)
+  local help = require("tug.help")
+  if flags.man then
+    io.stdout:write(help.man(tug.version))
+  elseif rest[1] then
+    local text = help.command(rest[1])
+    if not text then
+      command = nil
+      return usage("no command '%s'", rest[1])
+    end
+    io.stdout:write(text)
+  else
+    io.stdout:write(help.overview())
+  end
+  return EXIT.ok
+end
+
+local function cmd_completion(_, _, rest)
+  local script = require("tug.completion").scripts[rest[1] or ""]
+  if not script then return usage("'tug completion' needs a shell: bash, zsh or fish") end
+  io.stdout:write(script)
+  return EXIT.ok
+end
+
 local COMMANDS = {
+  help = cmd_help,
+  completion = cmd_completion,
   list = cmd_list, describe = cmd_describe, check = cmd_check,
   plan = function(f, p, r) return cmd_run(f, p, r, true) end,
   run = function(f, p, r) return cmd_run(f, p, r, false) end,
@@ -372,10 +406,16 @@ local function stop_simulator()
 end
 
 local args = { ... }
-local command = table.remove(args, 1)
-if command == "sim" then return require("sim.cli")(args) end
+command = table.remove(args, 1)
+if command == "sim" and not (args[1] == "--help" or args[1] == "-h") then return require("sim.cli")(args) end
+if command == "sim" then return cmd_help({}, {}, { "sim" }) end
+if command == "__complete" then
+  for _, c in ipairs(require("tug.completion").candidates(args)) do say("%s", c) end
+  return EXIT.ok
+end
 local flags, params, rest = parse(command, args)
 if not flags then return usage("%s", params) end
+if flags.help then return cmd_help({}, {}, { command }) end
 local ok, code = pcall(COMMANDS[command], flags, params, rest)
 stop_simulator()
 if ok then return code end
