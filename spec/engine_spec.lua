@@ -279,10 +279,13 @@ return playbook { steps = {
     local r = p:tug({ "run", "pb" })
     assert.are.equal(2, r.code)
     assert.matches("protected: name it explicitly with %-%-env local", r.stderr)
+    -- refused up front: nothing ran, no lock or journal was taken
     r = p:tug({ "run", "pb", "--env", "production" })
-    assert.are.equal(1, r.code)
-    assert.matches("production is protected: step \"change\" changes it", r.stdout)
-    assert.are.same({ "look" }, read_trace(p))
+    assert.are.equal(2, r.code)
+    assert.matches("production is protected: step \"change\" changes it and there is no terminal to ask " ..
+      "%(run with %-%-yes to go ahead%)", r.stderr)
+    assert.are.same({}, read_trace(p))
+    assert.is_false(p:exists(".tug/runs"))
     r = p:tug({ "run", "pb", "--env", "production", "--yes" })
     assert.are.equal(0, r.code)
   end)
@@ -449,6 +452,52 @@ describe("list, describe and check", function()
     assert.matches("no playbook named 'playbooks/api%-outage'", r.stderr)
   end)
 
+  it("suggests the closest name for a mistyped playbook, option, param, field or environment", function()
+    p:write("playbooks/blue_green.lua", [[return playbook { params = { version = { type = "string" } },
+      steps = { step "a" { run = function() end } } }]])
+    local r = p:tug({ "run", "blue-gren" })
+    assert.are.equal(2, r.code)
+    assert.matches("no playbook named 'blue%-gren' in playbooks; did you mean 'blue%-green'%?", r.stderr)
+    r = p:tug({ "run", "blue-green", "--yse" })
+    assert.are.equal(2, r.code)
+    assert.matches("'tug run' has no option %-%-yse; did you mean %-%-yes%?", r.stderr)
+    assert.matches("run 'tug help run' for usage", r.stderr)
+    r = p:tug({ "run", "blue-green", "verison=v2" })
+    assert.are.equal(2, r.code)
+    assert.matches("unknown param 'verison'; did you mean 'version'%?", r.stderr)
+    r = p:tug({ "run", "blue-green", "--env", "lcoal" })
+    assert.are.equal(2, r.code)
+    assert.matches("no environment 'lcoal': .- does not exist; did you mean 'local'%?", r.stderr)
+    p:write("playbooks/typo.lua", [[return playbook { steps = { step "a" { run = function() end, retires = 2 } } }]])
+    r = p:tug({ "describe", "typo" })
+    assert.are.equal(2, r.code)
+    assert.matches("unknown field 'retires'; did you mean 'retries'%?", r.stderr)
+    -- nothing close: no guess
+    r = p:tug({ "run", "zzzzzz" })
+    assert.matches("no playbook named 'zzzzzz' in playbooks %(playbooks: blue%-green%)", r.stderr)
+  end)
+
+  it("names the broken file of the playbook asked for, and keeps other broken files out of the way", function()
+    p:write("playbooks/good.lua", [[return playbook { steps = { step "a" { run = function() end } } }]])
+    p:write("playbooks/broken.lua", "return playbook { steps = {\n  step 'a' { run = function() end }\n")
+    -- asking for the broken one gives its own error, not "no playbook named"
+    local r = p:tug({ "run", "broken" })
+    assert.are.equal(2, r.code)
+    assert.matches("cannot load playbook 'broken': playbooks/broken%.lua:%d+:", r.stderr)
+    assert.is_nil(r.stderr:find("no playbook named", 1, true))
+    -- a good playbook runs without a word about the broken one
+    r = p:tug({ "run", "good" })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.are.equal("", r.stderr)
+    -- a name nobody declares lists the files that did not load, since one may be it
+    r = p:tug({ "run", "missing" })
+    assert.matches("no playbook named 'missing'.*\n1 playbook file did not load:\n  playbooks/broken%.lua:%d+:", r.stderr)
+    -- a run id that is not there points to the list of runs
+    r = p:tug({ "resume", "20990101T000000-0000" })
+    assert.are.equal(2, r.code)
+    assert.matches("no run '20990101T000000%-0000' in %.tug/runs %('tug runs' lists them%)", r.stderr)
+  end)
+
   it("describes params and steps, marking those with undo", function()
     p:write("playbooks/pb.lua", [[return playbook { params = { version = { type = "string", required = true, help = "tag" } },
       steps = { step "deploy" { run = function() end, undo = function() end, timeout = "5m" } } }]])
@@ -480,10 +529,12 @@ describe("list, describe and check", function()
 end)
 
 describe("on a terminal", function()
+  -- a tmux server of this process's own, so that parallel runs of the specs never share one
+  local TMUX_SOCKET = "tug-spec-" .. tug.sys.pid()
   local p
   before_each(function() p = project.new() end)
   after_each(function()
-    exec.run({ "tmux", "-L", "tug-spec", "kill-server" })
+    exec.run({ "tmux", "-L", TMUX_SOCKET, "kill-server" })
     p:remove()
   end)
 
@@ -491,13 +542,13 @@ describe("on a terminal", function()
   -- reads the screen.
   local function terminal(args)
     local command = require("child").tug .. " " .. table.concat(args, " ") .. "; echo EXIT=$?; sleep 60"
-    exec.run({ "tmux", "-L", "tug-spec", "new-session", "-d", "-x", "150", "-y", "40", "-c", p.dir,
+    exec.run({ "tmux", "-L", TMUX_SOCKET, "new-session", "-d", "-x", "150", "-y", "40", "-c", p.dir,
       "-e", "CI=", "-e", "GITHUB_ACTIONS=", command }, { check = true })
     local function keys(...)
-      exec.run({ "tmux", "-L", "tug-spec", "send-keys", ... }, { check = true })
+      exec.run({ "tmux", "-L", TMUX_SOCKET, "send-keys", ... }, { check = true })
     end
     local function screen()
-      return exec.run({ "tmux", "-L", "tug-spec", "capture-pane", "-p", "-J" }).stdout
+      return exec.run({ "tmux", "-L", TMUX_SOCKET, "capture-pane", "-p", "-J" }).stdout
     end
     return keys, screen
   end

@@ -54,7 +54,11 @@ local function parse(command, words)
       flags.help = true
     elseif name then
       if allowed[name] == nil then
-        return nil, string.format("'tug %s' has no option --%s", command, name)
+        local known = {}
+        for flag in pairs(allowed) do known[#known + 1] = flag end
+        table.sort(known)
+        return nil, string.format("'tug %s' has no option --%s%s", command, name,
+          require("tug.suggest").hint(name, known, "--%s"))
       end
       if allowed[name] then
         local value = inline
@@ -82,14 +86,23 @@ local function discover(flags)
   return playbooks.discover(playbooks.dirs(flags.playbooks))
 end
 
+-- The named playbook, or nil and why not: the file that should declare it does not load
+-- (its error alone), or no file declares it (the names there are, the closest first, and
+-- the files that failed to load, since one of them may be it).
 local function find(flags, name)
   local pb, found = playbooks.find(playbooks.dirs(flags.playbooks), name)
   if pb then return pb end
-  for _, err in ipairs(found.errors) do complain("%s", err) end
+  if found.load_error then return nil, "cannot load playbook '" .. name .. "': " .. found.load_error end
   local names = {}
   for _, p in ipairs(found.list) do names[#names + 1] = p.name end
-  return nil, string.format("no playbook named '%s' in %s (playbooks: %s)", name,
-    table.concat(playbooks.dirs(flags.playbooks), ":"), #names > 0 and table.concat(names, ", ") or "none")
+  local msg = string.format("no playbook named '%s' in %s%s (playbooks: %s)", name,
+    table.concat(playbooks.dirs(flags.playbooks), ":"), require("tug.suggest").hint(name, names),
+    #names > 0 and table.concat(names, ", ") or "none")
+  if #found.errors > 0 then
+    msg = msg .. string.format("\n%d playbook file%s did not load:\n  %s", #found.errors,
+      #found.errors == 1 and "" or "s", table.concat(found.errors, "\n  "))
+  end
+  return nil, msg
 end
 
 -- ---- list, describe, check ----
@@ -239,6 +252,20 @@ local function check_step_mode(pb, flags)
   return nil, pb.name .. " runs step by step and needs a terminal to ask on (--no-step runs it straight through)"
 end
 
+-- A protected environment asks before every step that changes it; without a terminal and
+-- without --yes nobody can answer, so say so before the lock, the journal or any step.
+local function check_protected(pb, env, flags)
+  if not env.protected or flags.yes or tug.sys.isatty(0) then return true end
+  local changing = {}
+  for _, s in ipairs(pb.steps) do
+    if not s.read_only then changing[#changing + 1] = '"' .. s.name .. '"' end
+  end
+  if #changing == 0 then return true end
+  return nil, string.format("%s is protected: %s %s it and there is no terminal to ask " ..
+    "(run with --yes to go ahead)", env.name, #changing == 1 and ("step " .. changing[1]) or
+    ("steps " .. table.concat(changing, ", ")), #changing == 1 and "changes" or "change")
+end
+
 -- --every and --metrics-listen (runtime/lua/every.lua), checked before anything runs:
 -- the loop's options, or nil and a usage message.
 local function every_options(pb, flags)
@@ -283,6 +310,7 @@ local function cmd_run(flags, params, rest, plan)
   end
   if not plan then
     local ok, serr = check_step_mode(pb, flags)
+    if ok then ok, serr = check_protected(pb, env, flags) end
     if not ok then return usage("%s", serr) end
   end
   local function run_once(each_reporter, on_interrupt, notify_when)
@@ -302,7 +330,7 @@ local function cmd_resume(flags, _, rest)
   local id = rest[1]
   if not id then return usage("'tug resume' needs a run id (see 'tug runs')") end
   local events, err = journal.read(id)
-  if not events then return usage("%s", err) end
+  if not events then return usage("%s ('tug runs' lists them)", err) end
   local run = journal.summarise(events)
   if run.status ~= "running" then
     return usage("run %s already ended: %s%s", id, tostring(run.status), run.reason and (" (" .. run.reason .. ")") or "")
@@ -318,6 +346,7 @@ local function cmd_resume(flags, _, rest)
   local reporter, rerr = reporter_for(flags)
   if not reporter then return usage("%s", rerr) end
   local ok, serr = check_step_mode(pb, flags)
+  if ok then ok, serr = check_protected(pb, env, flags) end
   if not ok then return usage("%s", serr) end
   return engine.run({
     pb = pb, env = env, params = run.params or {}, yes = flags.yes, step_mode = step_mode(pb, flags),
@@ -341,7 +370,7 @@ local function cmd_show(_, _, rest)
   local id = rest[1]
   if not id then return usage("'tug show' needs a run id (see 'tug runs')") end
   local events, err = journal.read(id)
-  if not events then return usage("%s", err) end
+  if not events then return usage("%s ('tug runs' lists them)", err) end
   local run = journal.summarise(events)
   say("run %s: %s on %s: %s%s", id, tostring(run.playbook), tostring(run.env), tostring(run.status),
     run.reason and (" (" .. run.reason .. ")") or "")

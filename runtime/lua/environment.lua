@@ -132,8 +132,8 @@ function M.load(name, opts)
   local f = io.open(path)
   if not f then
     local names = M.available(dir)
-    error(tug.error.new("environment", string.format("no environment '%s': %s does not exist (available: %s)",
-      name, path, #names > 0 and table.concat(names, ", ") or "none")), 0)
+    error(tug.error.new("environment", string.format("no environment '%s': %s does not exist%s (available: %s)",
+      name, path, require("tug.suggest").hint(name, names), #names > 0 and table.concat(names, ", ") or "none")), 0)
   end
   f:close()
   local ok, doc = pcall(yaml.load_file, path)

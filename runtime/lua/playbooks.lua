@@ -53,8 +53,8 @@ local function check_fields(where, what, decl, fields)
       local known = {}
       for k in pairs(fields) do known[#known + 1] = k end
       table.sort(known)
-      fail(where, "%s has an unknown field '%s' (known: %s)", what, tostring(key),
-        table.concat(known, ", "))
+      fail(where, "%s has an unknown field '%s'%s (known: %s)", what, tostring(key),
+        require("tug.suggest").hint(tostring(key), known), table.concat(known, ", "))
     end
     check_field(where, what, key, value, want)
   end
@@ -233,15 +233,19 @@ function M.find(dirs, name)
   end
   local files = {}
   for _, dir in ipairs(dirs) do scan(dir, files) end
+  local load_error
   for _, path in ipairs(files) do
     if path:match("([^/]+)%.lua$"):gsub("_", "-") == base and in_folder(path) then
-      local pb = M.load(path)
+      local pb, err = M.load(path)
       if pb and pb.name == base then return pb end
+      load_error = load_error or err
     end
   end
   local found = M.discover(dirs)
   local pb = found.by_name[base]
   if pb and not in_folder(pb.path) then pb = nil end
+  -- the file named after the playbook does not load, and no other file declares it
+  if not pb then found.load_error = load_error end
   return pb, found
 end
 
@@ -299,8 +303,8 @@ function M.parse_params(pb, words)
       local names = {}
       for k in pairs(pb.params) do names[#names + 1] = k end
       table.sort(names)
-      errors[#errors + 1] = string.format("unknown param '%s' (%s takes: %s)", key, pb.name,
-        #names > 0 and table.concat(names, ", ") or "no params")
+      errors[#errors + 1] = string.format("unknown param '%s'%s (%s takes: %s)", key,
+        require("tug.suggest").hint(key, names), pb.name, #names > 0 and table.concat(names, ", ") or "no params")
     else
       local v, err = M.convert(key, pb.params[key], raw)
       if v == nil then errors[#errors + 1] = err else values[key] = v end
