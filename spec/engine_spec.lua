@@ -688,6 +688,27 @@ return playbook { steps = {
     assert.are.same({ "first", "undo:first" }, read_trace(p))
   end)
 
+  it("keeps the results in one column whatever the length of the step names", function()
+    p:write("playbooks/pb.lua", [[
+return playbook { steps = {
+  step "a" { run = function() end },
+  step "wait until every pod of the new colour reports ready in every zone" { run = function() end },
+  step "vérifier la santé" { run = function() end },
+  step "]] .. string.rep("x", 200) .. [[" { run = function() end },
+} }]])
+    local _, screen = terminal({ "run", "pb" })
+    assert.is_true(project.wait_for(function() return screen():find("EXIT=", 1, true) end), screen())
+    local columns = {}
+    for line in screen():gmatch("[^\n]+") do
+      local before = line:match("^( ✓.-%s)%S+$") -- up to the duration, the last word
+      if before then columns[#columns + 1] = utf8.len(before) end
+    end
+    assert.are.equal(4, #columns, screen())
+    for i = 2, 4 do assert.are.equal(columns[1], columns[i], screen()) end
+    assert.matches("xxx%.%.%.", screen()) -- the name too long for the terminal is cut
+    assert.is_nil(screen():find(string.rep("x", 200), 1, true))
+  end)
+
   it("asks before each changing step on a protected environment", function()
     p:write("environments/production.yaml", "name: production\nprotected: true\n")
     p:write("playbooks/pb.lua", TRACE .. [[

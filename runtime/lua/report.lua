@@ -75,9 +75,20 @@ local SPIN = { "|", "/", "-", "\\" }
 
 -- Cuts a line to the terminal width; `mark` is an escape-coded prefix that takes one column.
 local function fit(line, width, mark)
-  local invisible = mark and (#mark - 1) or 0
-  if #line - invisible <= width then return line end
-  return line:sub(1, width + invisible - 3) .. "..."
+  local invisible = mark and ((utf8.len(mark) or #mark) - 1) or 0
+  if (utf8.len(line) or #line) - invisible <= width then return line end
+  local cut = utf8.offset(line, width + invisible - 2) or (width + invisible - 2)
+  return line:sub(1, cut - 1) .. "..."
+end
+
+-- `text` padded (or cut, with "...") to `width` columns, counting characters, not bytes.
+local function column(text, width)
+  local n = utf8.len(text) or #text
+  if n > width then
+    local cut = utf8.offset(text, width - 2) or (width - 2)
+    return text:sub(1, cut - 1) .. "..."
+  end
+  return text .. string.rep(" ", width - n)
 end
 
 local function tty()
@@ -85,6 +96,8 @@ local function tty()
   local function render()
     if r.asking then return end
     local width = tug.sys.term_width() - 1
+    -- the names' column fits the longest name, leaving room for the result on the right
+    local name_width = math.max(10, math.min(r.name_width or 10, width - 22))
     local buf = {}
     if r.lines > 0 then buf[#buf + 1] = string.format("\27[%dA\27[J", r.lines) end
     local count = 0
@@ -102,7 +115,7 @@ local function tty()
       elseif s.status == "undoing" then mark, extra = SPIN[r.frame % #SPIN + 1], "undoing"
       end
       -- a line that wraps would throw off the redraw, so each is cut to the width
-      buf[#buf + 1] = fit(string.format(" %s %2d. %-44s %s", mark, i, s.name, extra), width, mark) .. "\n"
+      buf[#buf + 1] = fit(string.format(" %s %2d. %s %s", mark, i, column(s.name, name_width), extra), width, mark) .. "\n"
       count = count + 1
       for _, c in ipairs(s.changes or {}) do
         buf[#buf + 1] = fit(string.format("         would %s: %s", c.module, c.summary), width) .. "\n"
@@ -151,7 +164,11 @@ local function tty()
   function r.event(e)
     local kind = e.event
     if kind == "run_start" then
-      for i, name in ipairs(e.steps) do r.steps[i] = { name = name, status = "pending" } end
+      r.name_width = 0
+      for i, name in ipairs(e.steps) do
+        r.steps[i] = { name = name, status = "pending" }
+        r.name_width = math.max(r.name_width, utf8.len(name) or #name)
+      end
       out(string.format("%s \27[1m%s\27[0m on %s  (run %s)\n", e.plan and "plan" or "run",
         e.playbook, e.env, e.run_id))
       render()
