@@ -39,7 +39,7 @@
 
 #define MASK "***"
 #define BASE64_MIN 6 /* shorter secrets have too few base64 characters to tell apart */
-#define UNIT_MAX 12  /* the longest escape for one character: \uD83D\uDE00 */
+#define UNIT_MAX 14  /* the longest escape for one character: \\uD83D\\uDE00 */
 #define RING (UNIT_MAX + 1)
 
 typedef struct {
@@ -331,37 +331,94 @@ static int entity(const unsigned char *s, size_t len, unit *u) {
   return ESCAPE_NONE;
 }
 
-/* The escape that starts s (len > 0), if any. ESCAPE_CUT: the text ends before it can
-   tell; then *cut_byte is the only byte it could spell, or -1 for any. */
-static int escape_at(const unsigned char *s, size_t len, unit *u, int *cut_byte) {
-  int found = ESCAPE_NONE;
+/* An escape of an escape, as a JSON string inside a JSON string writes one character:
+   "\\\"" for '"', "\\n" for a newline, "\\u00e9" for 'é'. Reads past the first
+   backslash one level down, then the escape that gives. */
+static int doubled_escape(const unsigned char *s, size_t len, unit *u) {
+  unsigned char inner[UNIT_MAX];
+  unsigned char used_at[UNIT_MAX + 1]; /* output bytes behind inner[0 .. i) */
+  size_t n = 1, at = 2;
+  int ended = 0;
+  inner[0] = '\\';
+  used_at[1] = 2;
+  while (n < sizeof inner) {
+    if (at == len) {
+      ended = 1;
+      break;
+    }
+    if (s[at] == '\\') {
+      if (at + 1 == len) {
+        ended = 1;
+        break;
+      }
+      if (s[at + 1] != '"' && s[at + 1] != '\\')
+        break;
+      inner[n++] = s[at + 1];
+      at += 2;
+    } else {
+      inner[n++] = s[at++];
+    }
+    used_at[n] = (unsigned char)at;
+  }
+  int found = backslash_escape(inner, n, u);
+  if (found == ESCAPE_CUT)
+    return ended ? ESCAPE_CUT : ESCAPE_NONE;
+  if (found != ESCAPE_FOUND)
+    return found;
+  u->used = used_at[u->used];
+  return u->used <= UNIT_MAX ? ESCAPE_FOUND : ESCAPE_NONE;
+}
+
+enum { UNITS_MAX = 3 };
+
+/* The ways s[0..len) (len > 0) spells bytes at its start: the byte itself, then any escape
+   that starts there. Returns how many went into u. *cut is set when the text ends before
+   an escape can be told, with *cut_byte the only byte it could spell or -1 for any. */
+static int units_at(const unsigned char *s, size_t len, unit u[UNITS_MAX], int *cut,
+                    int *cut_byte) {
+  int n = 1, found = ESCAPE_NONE;
+  u[0] = (unit){{s[0]}, 1, 1};
+  *cut = 0;
   *cut_byte = -1;
   switch (s[0]) {
   case '\\':
-    found = backslash_escape(s, len, u);
+    found = backslash_escape(s, len, &u[n]);
+    if (len >= 2 && s[1] == '\\') {
+      if (found == ESCAPE_FOUND)
+        n++;
+      found = doubled_escape(s, len, &u[n]);
+    }
     break;
   case '&':
-    found = entity(s, len, u);
+    found = entity(s, len, &u[n]);
     break;
-  case '%': {
-    if (len < 3)
-      return hex_value(s + 1, len - 1) < 0 ? ESCAPE_NONE : ESCAPE_CUT;
-    long v = hex_value(s + 1, 2);
-    found = v < 0 ? ESCAPE_NONE : one_byte(u, (unsigned char)v, 3);
+  case '%':
+    if (len < 3) {
+      found = hex_value(s + 1, len - 1) < 0 ? ESCAPE_NONE : ESCAPE_CUT;
+    } else {
+      long v = hex_value(s + 1, 2);
+      found = v < 0 ? ESCAPE_NONE : one_byte(&u[n], (unsigned char)v, 3);
+    }
     break;
-  }
   case '+':
-    found = one_byte(u, ' ', 1);
+    found = one_byte(&u[n], ' ', 1);
     break;
   case '\'': /* the shell's '\'' and YAML's '' */
-    *cut_byte = '\'';
     if (len >= 2 && s[1] == '\'')
-      return one_byte(u, '\'', 2);
-    if (len < 4)
-      return memcmp(s, "'\\''", len) == 0 ? ESCAPE_CUT : ESCAPE_NONE;
-    return memcmp(s, "'\\''", 4) == 0 ? one_byte(u, '\'', 4) : ESCAPE_NONE;
+      found = one_byte(&u[n], '\'', 2);
+    else if (len < 4)
+      found = memcmp(s, "'\\''", len) == 0 ? ESCAPE_CUT : ESCAPE_NONE;
+    else
+      found = memcmp(s, "'\\''", 4) == 0 ? one_byte(&u[n], '\'', 4) : ESCAPE_NONE;
+    if (found == ESCAPE_CUT)
+      *cut_byte = '\'';
+    break;
   }
-  return found;
+  if (found == ESCAPE_FOUND)
+    n++;
+  else if (found == ESCAPE_CUT)
+    *cut = 1;
+  return n;
 }
 
 /* ---- matching ---- */
@@ -376,8 +433,8 @@ static size_t spelled_at(const pattern *p, const unsigned char *s, size_t len, i
   ring[0] |= 1; /* offset 0 in the output, offset 0 in the secret */
   for (size_t j = 0; live > 0; j++) {
     uint64_t *row = ring + (j % RING) * R.ring_words;
-    unit units[2];
-    int nunits = -1, cut = ESCAPE_NONE, cut_byte = -1;
+    unit units[UNITS_MAX];
+    int nunits = -1, cut = 0, cut_byte = -1;
     for (size_t w = 0; w < words; w++) {
       while (row[w]) {
         size_t k = w * 64 + (size_t)__builtin_ctzll(row[w]);
@@ -391,15 +448,9 @@ static size_t spelled_at(const pattern *p, const unsigned char *s, size_t len, i
           *more = 1;
           continue;
         }
-        if (nunits < 0) { /* the ways to read the output here, worked out once */
-          units[0] = (unit){{s[j]}, 1, 1};
-          nunits = 1;
-          if (is_escape_start(s[j])) {
-            cut = escape_at(s + j, len - j, &units[1], &cut_byte);
-            nunits += cut == ESCAPE_FOUND;
-          }
-        }
-        if (cut == ESCAPE_CUT && (cut_byte < 0 || cut_byte == p->bytes[k]))
+        if (nunits < 0) /* the ways to read the output here, worked out once */
+          nunits = units_at(s + j, len - j, units, &cut, &cut_byte);
+        if (cut && (cut_byte < 0 || cut_byte == p->bytes[k]))
           *more = 1;
         for (int i = 0; i < nunits; i++) {
           const unit *u = &units[i];
@@ -425,22 +476,20 @@ static int maybe_pattern_pair(unsigned char b0, unsigned char b1) {
 /* Output bytes taken by the longest spelling of any secret at the start of s[0..len). */
 static size_t secret_at(const unsigned char *s, size_t len, int *more) {
   size_t best = 0;
-  unit escape;
-  int cut_byte = -1;
-  int found = is_escape_start(s[0]) ? escape_at(s, len, &escape, &cut_byte) : ESCAPE_NONE;
-  if (found == ESCAPE_CUT && (cut_byte < 0 || R.first_at[cut_byte] != R.first_at[cut_byte + 1]))
+  unit units[UNITS_MAX];
+  int cut, cut_byte;
+  int nunits = units_at(s, len, units, &cut, &cut_byte);
+  if (cut && (cut_byte < 0 || R.first_at[cut_byte] != R.first_at[cut_byte + 1]))
     *more = 1;
   /* a literal start must also match a pattern's first two bytes, unless what follows
      may be an escape or is not there yet */
-  int literal = len < 2 || is_escape_start(s[1]) || maybe_pattern_pair(s[0], s[1]);
-  for (int pass = 0; pass < 2; pass++) {
-    int b;
-    if (pass == 0)
-      b = literal ? s[0] : -1;
-    else
-      b = found == ESCAPE_FOUND && !(literal && escape.bytes[0] == s[0]) ? escape.bytes[0] : -1;
-    if (b < 0)
-      continue;
+  int first = len < 2 || is_escape_start(s[1]) || maybe_pattern_pair(s[0], s[1]) ? 0 : 1;
+  for (int u = first; u < nunits; u++) {
+    int b = units[u].bytes[0], seen = 0;
+    for (int v = first; v < u; v++)
+      seen |= units[v].bytes[0] == b;
+    if (seen)
+      continue; /* the patterns that start with b were tried */
     for (size_t i = R.first_at[b]; i < R.first_at[b + 1]; i++) {
       size_t m = spelled_at(&R.items[R.by_first[i]], s, len, more);
       if (m > best)
