@@ -256,8 +256,15 @@ describe("redaction", function()
   end)
 
   describe("log.redact", function()
+    -- Runs code in a child tug and checks what it printed.
+    local function prints(expected, code, args)
+      local r = child.lua(code, { args = args })
+      assert.are.equal(0, r.code, r.stderr)
+      assert.are.equal(expected, r.stdout)
+    end
+
     it("masks each spelling of a secret, and a mix of them", function()
-      local r = child.lua([[
+      prints('[***]\n[["***","***"]]\n{"body":"{\\"token\\":\\"***\\"}"}\n', [[
         local s = 'k"\\&<>%+/ é\n\'Z9-all'
         log.secret(s)
         local forms = json.decode(arg[1])
@@ -270,23 +277,19 @@ describe("redaction", function()
         print(log.redact("[" .. mixed .. "]"))
         print(log.redact("[" .. json.encode({ s, s }) .. "]"))
         print(log.redact(json.encode(log.redact({ body = json.encode({ token = s }) }))))
-      ]], { args = { json.encode(spellings('k"\\&<>%+/ é\n\'Z9-all')) } })
-      assert.are.equal(0, r.code, r.stderr)
-      assert.are.equal('[***]\n[["***","***"]]\n{"body":"{\\"token\\":\\"***\\"}"}\n', r.stdout)
+      ]], { json.encode(spellings('k"\\&<>%+/ é\n\'Z9-all')) })
     end)
 
     it("leaves text alone that only looks like part of a secret", function()
-      local r = child.lua([[
+      prints('pa\\"ss\\\\wor\tpa%22ss\tpa&quot;ss\\\\word-q2\n100% done & dusted: \\n %zz &bogus; \\u12\n', [[
         log.secret("pa\"ss\\word-q1")
         print(log.redact('pa\\"ss\\\\wor'), log.redact("pa%22ss"), log.redact("pa&quot;ss\\\\word-q2"))
         print(log.redact("100% done & dusted: \\n %zz &bogus; \\u12"))
       ]])
-      assert.are.equal(0, r.code, r.stderr)
-      assert.are.equal('pa\\"ss\\\\wor\tpa%22ss\tpa&quot;ss\\\\word-q2\n100% done & dusted: \\n %zz &bogus; \\u12\n', r.stdout)
     end)
 
     it("returns a table with every string masked, keeping json.array, or the table itself", function()
-      local r = child.lua([[
+      prints("x ***\t***\ttrue\t1\ttrue\ttrue\ntrue\ttrue\tnil\n", [[
         log.secret("s3cr3t-value")
         local t = { a = "x s3cr3t-value", list = json.array({ "s3cr3t-value" }), n = 1, clean = { "ok" } }
         local m = log.redact(t)
@@ -295,8 +298,6 @@ describe("redaction", function()
         local same = { "nothing here" }
         print(log.redact(same) == same, log.redact(true), log.redact(nil))
       ]])
-      assert.are.equal(0, r.code, r.stderr)
-      assert.are.equal("x ***\t***\ttrue\t1\ttrue\ttrue\ntrue\ttrue\tnil\n", r.stdout)
     end)
   end)
 end)
