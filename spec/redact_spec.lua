@@ -229,6 +229,34 @@ describe("redaction", function()
       assert.matches("^topstug: %(command line%):1: boom", r.stderr)
     end)
 
+    it("masks written pieces exactly as it masks the whole text", function()
+      -- random text from escapes, pieces of them and secrets, written in random pieces to
+      -- stdout and masked whole to stderr: the two must be the same bytes
+      local r = child.lua([[
+        math.randomseed(7)
+        local secrets = { 'pa"ss\\wo', "a&b<c>d%", "x+y z/'q", "é\nü", "\\\\\\\\" }
+        for _, s in ipairs(secrets) do log.secret(s) end
+        local alphabet = { "\\", "\\\\", "\\\"", "&", "&quot;", "&amp;", "&#x", "%", "%2", "%22", "+",
+          "'", "'\\''", "''", "\\u00", "\\u00e9", "\\ud83d", "a", "p", "x", "é", "\n", ";", "0", "9" }
+        for _, s in ipairs(secrets) do table.insert(alphabet, s); table.insert(alphabet, json.encode(s)) end
+        for _ = 1, 2000 do
+          local parts = {}
+          for i = 1, math.random(1, 30) do parts[i] = alphabet[math.random(#alphabet)] end
+          local text = table.concat(parts) .. "\n"
+          io.stderr:write(log.redact(text))
+          local at = 1
+          while at <= #text do
+            local n = math.random(1, 5)
+            io.write(text:sub(at, at + n - 1))
+            at = at + n
+          end
+        end
+      ]], { timeout = 60 })
+      assert.are.equal(0, r.code)
+      assert.truthy(r.stdout:find("***", 1, true))
+      assert.are.equal(r.stderr, r.stdout)
+    end)
+
     it("shows a prompt that may start a secret before it reads the answer", function()
       for _, read in ipairs({ "io.read('l')", "tug.sys.read_line()" }) do
         local dir = exec.run({ "mktemp", "-d" }).stdout:gsub("\n$", "")
