@@ -10,7 +10,10 @@
  *   - with any of its characters written as an escape: JSON and C/Lua backslash escapes
  *     (\" \\ \/ \n \uXXXX with surrogate pairs, \xHH, Lua's \ddd and \<newline>), XML and
  *     HTML entities (&quot; &amp; &lt; &gt; &apos; &#NN; &#xHH;), percent-encoding in either
- *     case and '+' for a space, the shell's '\'' and YAML's '' for a quote, in any mix.
+ *     case and '+' for a space, the shell's '\'' and YAML's '' for a quote, in any mix;
+ *   - with a backslash escape escaped again, as a JSON string inside a JSON string has it
+ *     (\\\" for a quote, \\n for a newline). Deeper nesting is left to the callers that
+ *     build it: the engine masks each string of an event before encoding it.
  *
  * Rather than listing every encoded form of every secret (an encoder may escape any
  * character, in upper or lower case hex, or not at all), the matcher reads the output one
