@@ -257,6 +257,12 @@ describe("redaction", function()
       assert.are.equal(r.stderr, r.stdout)
     end)
 
+    it("writes what it holds back before a shell command writes to the terminal", function()
+      local r = child.lua([[log.secret("topsecret123") io.write("tops") os.execute("printf X")
+        io.write("to") io.popen("printf Y"):close() io.write("\n")]])
+      assert.are.same({ 0, "topsXto\n" }, { r.code, r.stdout })
+    end)
+
     it("shows a prompt that may start a secret before it reads the answer", function()
       for _, read in ipairs({ "io.read('l')", "tug.sys.read_line()" }) do
         local dir = exec.run({ "mktemp", "-d" }).stdout:gsub("\n$", "")
@@ -281,6 +287,24 @@ describe("redaction", function()
         assert.are.same({ 0, "tops|answer|\n" }, { r.code, out })
       end
     end)
+  end)
+
+  it("masks a secret in a response body that an error quotes cut short and squeezed", function()
+    -- the secret has a newline and straddles the 300 bytes an http error quotes: cut or
+    -- with its spaces squeezed first, the text would no longer be the secret
+    local r = child.lua([[
+      local secret = "line-one\n\tline-two-secret"
+      log.secret(secret)
+      local srv <close> = http.server({ handler = function()
+        return 401, {}, ("x"):rep(290) .. " " .. secret .. " denied"
+      end })
+      local ok, err = pcall(function() http.get(srv.url .. "/"):raise() end)
+      print(ok, err.message, err.body)
+    ]])
+    assert.are.equal(0, r.code, r.stderr)
+    assert_hidden("line-one\n\tline-two-secret", r.stdout, "stdout")
+    for _, part in ipairs({ "line-one", "line-two" }) do assert.is_nil(r.stdout:find(part, 1, true), r.stdout) end
+    assert.matches("false\tGET http://127.0.0.1:%d+/: HTTP 401 Unauthorized: x+ %*%*%* denie", r.stdout)
   end)
 
   describe("log.redact", function()

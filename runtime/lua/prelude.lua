@@ -63,3 +63,15 @@ function io.lines(name, ...)
   if name == nil and io.input() == stdin then core.flush() end
   return io_lines(name, ...)
 end
+
+-- A program started through the shell writes straight to the terminal: what is held back
+-- goes first, so the output keeps its order.
+local execute, popen = os.execute, io.popen
+function os.execute(...)
+  core.flush()
+  return execute(...)
+end
+function io.popen(...)
+  core.flush()
+  return popen(...)
+end
