@@ -209,6 +209,26 @@ describe("redaction", function()
     end)
   end
 
+  it("keeps it out of what tug tells a notify: channel about a run", function()
+    local secret = SECRETS[#SECRETS][2]
+    local bodies = {}
+    local srv <close> = http.server({ handler = function(req)
+      bodies[#bodies + 1] = req.body
+      return 200
+    end })
+    local p = project.new()
+    setup(p)
+    p:write("environments/s.yaml", "name: s\nprotected: false\ntok: ${secret:env:S}\nnotify:\n  hook:\n"
+      .. "    type: webhook\n    url: " .. srv.url .. "/hook\n")
+    local r = p:tug({ "run", "pb", "--env", "s" }, { env = env_for(secret) })
+    p:remove()
+    assert.are.equal(5, r.code, r.stderr)
+    assert.are.equal(2, #bodies) -- started, rollback_failed
+    local all = table.concat(bodies, "\n")
+    assert_hidden(secret, all, "the webhook")
+    assert.truthy(all:find("rejected | *** |", 1, true), all)
+  end)
+
   describe("on stdout and stderr as streams", function()
     it("masks a secret written in pieces, and writes out a piece that was not one", function()
       local r = child.lua([[log.secret("topsecret123") io.write("tops") io.write("ecret123\n")
