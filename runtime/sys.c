@@ -230,6 +230,7 @@ static int readline_resume(lua_State *L, tug_op *base) {
 
 /* tug.sys.read_line(): one line from standard input (nil at the end), waiting on the loop. */
 static int sys_read_line(lua_State *L) {
+  tug_redact_flush(); /* a prompt held back as the possible start of a secret must show */
   if (pending_has_line())
     return push_pending_line(L, 0);
   uv_handle_type type = uv_guess_handle(0);

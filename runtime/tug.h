@@ -104,12 +104,18 @@ double tug_check_seconds(lua_State *L, int idx);
 
 /* ---- redaction (runtime/redact.c) ---- */
 
-/* Registers a secret: from now on it never appears in any output of the process. */
+/* Registers a secret: from now on it never appears in any output of the process, in any
+   of the spellings redact.c lists (escaped, percent-encoded, base64...). */
 void tug_secret_add(const char *s, size_t len);
-/* Pushes s with every registered secret replaced by "***". */
+/* Pushes s with every spelling of a registered secret replaced by "***". */
 const char *tug_redact_push(lua_State *L, const char *s, size_t len, size_t *out_len);
-/* Writes s to a stdio stream with secrets replaced. */
-void tug_redact_write(FILE *f, const char *s, size_t len);
+/* Writes s to a stdio stream with secrets replaced. stdout and stderr are streams: a tail
+   that may be the start of a secret is held back until the next write or
+   tug_redact_flush. Returns 0, or -1 with errno set when the stream fails. */
+int tug_redact_write(FILE *f, const char *s, size_t len);
+/* Writes out what stdout and stderr hold back, masked, and flushes them: before reading
+   standard input, and at exit (registered with atexit). */
+void tug_redact_flush(void);
 
 /* ---- byte buffers (runtime/buf.c) ---- */
 

@@ -307,7 +307,8 @@ end
 -- ---- errors ----
 
 local function excerpt(text)
-  text = (text or ""):gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
+  -- masked before it is cut or its spaces squeezed, which would hide a secret from redaction
+  text = require("log").redact(text or ""):gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
   if #text > EXCERPT then text = text:sub(1, EXCERPT) .. "..." end
   return text
 end

@@ -148,7 +148,8 @@ end
 
 function util.excerpt(text, n)
   n = n or 300
-  text = (text or ""):gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
+  -- masked before it is cut or its spaces squeezed, which would hide a secret from redaction
+  text = require("log").redact(text or ""):gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
   if #text > n then text = text:sub(1, n) .. "..." end
   return text
 end

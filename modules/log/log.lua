@@ -29,7 +29,41 @@ end
 local sink = nil -- a function(record) that replaces the default output
 
 log.secret = core.secret
-log.redact = core.redact
+
+-- A table with every string in it masked: a copy (keeping metatables, so json.array stays
+-- an array) when something changed, the table itself when nothing did.
+local function redact_table(t, seen)
+  if seen[t] then return t end -- a cycle: json.encode reports it
+  seen[t] = true
+  local changes
+  for k, v in pairs(t) do
+    local nk = type(k) == "string" and core.redact(k) or k
+    local nv = type(v) == "string" and core.redact(v) or type(v) == "table" and redact_table(v, seen) or v
+    if nk ~= k or nv ~= v then
+      changes = changes or {}
+      changes[#changes + 1] = { k, nk, nv }
+    end
+  end
+  seen[t] = nil
+  if not changes then return t end
+  local copy = {}
+  for k, v in pairs(t) do copy[k] = v end
+  for _, c in ipairs(changes) do
+    copy[c[1]] = nil
+    copy[c[2]] = c[3]
+  end
+  return setmetatable(copy, getmetatable(t))
+end
+
+-- log.redact(text) masks every secret in text; log.redact(table) gives the table with every
+-- string in it masked (before it is encoded: JSON escapes inside a string that is escaped
+-- again are masked this way); any other value is returned as it is.
+function log.redact(value)
+  local kind = type(value)
+  if kind == "string" or kind == "number" then return core.redact(value) end
+  if kind == "table" then return redact_table(value, {}) end
+  return value
+end
 
 function log.set_level(name)
   threshold = levels[check_level(name, "log.set_level")]

@@ -94,13 +94,17 @@ local RUN_EVENTS = { run_start = true, run_resume = true, run_end = true }
 function Run:emit(event)
   event.time = timestamp()
   if event.duration then event.duration = math.floor(event.duration * 1e6 + 0.5) / 1e6 end
-  local line = log.redact(json.encode(event))
+  -- Masked twice: each string before encoding (a secret escaped once already, say in a
+  -- response body quoted by an error, would be escaped again), then the encoded line.
+  local shown = log.redact(event)
+  local line = log.redact(json.encode(shown))
   if self.journal then self.journal:write_line(line) end
-  self.reporter.event(event, line)
-  -- channels in the environment's notify: section hear when a run starts and ends
+  self.reporter.event(shown, line)
+  -- channels in the environment's notify: section hear when a run starts and ends; what
+  -- tug tells a chat channel or a pager is output too, so it gets the masked event
   if RUN_EVENTS[event.event] and not self.plan and self.env.notify
       and (not self.opts.notify_when or self.opts.notify_when(event)) then
-    require("notify").run_event(self.env, event, M.current)
+    require("notify").run_event(self.env, shown, M.current)
   end
 end
 

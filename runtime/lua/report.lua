@@ -255,11 +255,11 @@ local function junit(path)
         io.stderr:write("tug: cannot write the JUnit report: ", err, "\n")
         return
       end
-      f:write('<?xml version="1.0" encoding="UTF-8"?>\n<testsuites>\n')
-      f:write(string.format('  <testsuite name="%s" tests="%d" failures="%d" skipped="%d" time="%.3f">\n',
-        xml_escape(r.playbook), total, failures, skipped, e.duration or 0))
-      f:write(log.redact(table.concat(body)))
-      f:write("  </testsuite>\n</testsuites>\n")
+      -- the events are masked already; the document is masked again once escaped
+      f:write(log.redact('<?xml version="1.0" encoding="UTF-8"?>\n<testsuites>\n'
+        .. string.format('  <testsuite name="%s" tests="%d" failures="%d" skipped="%d" time="%.3f">\n',
+          xml_escape(r.playbook), total, failures, skipped, e.duration or 0)
+        .. table.concat(body) .. "  </testsuite>\n</testsuites>\n"))
       f:close()
     end
   end
