@@ -9,6 +9,7 @@
 #   make sanitize      the whole suite under ASan + UBSan
 #   make lint          clang-format in check mode
 #   make install PREFIX=/usr/local
+#   make deb           build/tug_VERSION_ARCH.deb (dpkg-deb), which installs as /usr/bin/tug
 #
 # Every library's flags come from pkg-config; there is no configure step.
 
@@ -37,7 +38,7 @@ OBJS  := $(patsubst %.c,$(BUILD)/%.o,$(RUNTIME_SRC) $(MODULE_SRC)) $(BUILD)/embe
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 SAN_BUILD := build/asan
 
-.PHONY: all deps test demo bench sanitize lint install clean
+.PHONY: all deps test demo bench sanitize lint install deb clean
 .DELETE_ON_ERROR:
 
 all: $(BIN)
@@ -106,6 +107,10 @@ install: tug
 	./tug completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/tug
 	./tug completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_tug
 	./tug completion fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/tug.fish
+
+# A Debian package of `make install` (packaging/deb.sh says what it depends on).
+deb: tug
+	packaging/deb.sh
 
 clean:
 	rm -rf $(BUILD) tug

@@ -80,7 +80,7 @@ static int cmd_engine(int argc, char **argv) {
 /* The help text is Lua's too (runtime/lua/help.lua): `tug help [COMMAND|--man]`. */
 static const char *const engine_commands[] = {"list",       "describe",   "check",  "plan", "run",
                                               "runs",       "show",       "resume", "sim",  "help",
-                                              "completion", "__complete", NULL};
+                                              "completion", "__complete", "init",   NULL};
 
 static int is_help_flag(const char *arg) {
   return strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0;

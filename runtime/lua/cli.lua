@@ -39,6 +39,7 @@ local FLAGS = {
   show = {},
   help = { man = false },
   completion = {},
+  init = {},
 }
 
 -- Splits the words after the command into flags, key=value params and plain words.
@@ -417,8 +418,29 @@ local function cmd_completion(_, _, rest)
   return EXIT.ok
 end
 
+-- ---- init ----
+
+local function cmd_init(_, _, rest)
+  if rest[2] then return usage("'tug init' takes one directory, not '%s'", rest[2]) end
+  local dir = rest[1] or "."
+  local scaffold = require("tug.scaffold")
+  local lines, err = scaffold.init(dir)
+  if not lines then
+    complain("%s", err)
+    return EXIT.failed
+  end
+  for _, line in ipairs(lines) do say("%s", line) end
+  if not scaffold.meta_dir() then
+    complain("tug's Lua definitions are not installed beside it: .luarc.json has no library (make install puts them in PREFIX/share/tug/meta)")
+  end
+  say("\nnext:%s tug run hello      (then: tug runs, tug show RUN_ID, tug test spec)",
+    dir ~= "." and (" cd " .. dir .. " &&") or "")
+  return EXIT.ok
+end
+
 local COMMANDS = {
   help = cmd_help,
+  init = cmd_init,
   completion = cmd_completion,
   list = cmd_list, describe = cmd_describe, check = cmd_check,
   plan = function(f, p, r) return cmd_run(f, p, r, true) end,

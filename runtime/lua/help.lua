@@ -25,6 +25,10 @@ local RUN_OPTIONS = {
 }
 
 M.commands = {
+  { group = "playbooks", name = "init", synopsis = "init [DIR]",
+    summary = "start a project: a first playbook (hello) with its spec, a local environment on a " ..
+      "cluster simulated inside tug, a GitHub Actions workflow and the editor's Lua config; " ..
+      "files that exist are kept" },
   { group = "playbooks", name = "list", synopsis = "list", summary = "the playbooks: name, description, file",
     options = { { "--playbooks DIR", "look for playbooks in DIR" } } },
   { group = "playbooks", name = "describe", synopsis = "describe NAME",
