@@ -12,8 +12,14 @@
 ---@field timeout? tug.Duration one probe's limit (default "10s")
 
 ---The checks in the array part (URLs or tables), plus defaults for every check.
----@class tug.health.CheckOptions: tug.health.Check
+---@class tug.health.CheckOptions
 ---@field url? string one check
+---@field expect_status? integer|integer[] default 200
+---@field expect_json? table<string, any>
+---@field expect_body? string
+---@field headers? table<string, string>
+---@field tls? tug.http.TLS
+---@field timeout? tug.Duration one probe's limit (default "10s")
 ---@field within? tug.Duration how long to keep trying (default "2m")
 ---@field interval? tug.Duration between probe starts (default "2s")
 ---@field [integer] string|tug.health.Check

@@ -386,6 +386,75 @@ describe("meta/", function()
     end)
   end
 
+  -- Option tables: the fields of each options class are the keys the module accepts (it
+  -- raises "unknown option" for any other), read from the table the module checks them with.
+  local OPTION_TABLES = {
+    { "http", "tug.http.Options", { "modules/http/http.lua", "OPTIONS" } },
+    { "http", "tug.http.TLS", { "modules/http/http.lua", "TLS_OPTIONS" } },
+    { "http", "tug.http.ServerOptions", { "modules/http/server.lua", "OPTIONS" } },
+    { "exec", "tug.exec.Options", { "modules/exec/exec.lua", "SPAWN_OPTIONS" }, { "modules/exec/exec.lua", "RUN_OPTIONS" } },
+    { "k8s", "tug.k8s.Config", { "modules/k8s/k8s.lua", "CONNECT_OPTIONS" } },
+    { "k8s", "tug.k8s.ExecOptions", { "modules/k8s/exec.lua", "OPTIONS" } },
+    { "health", "tug.health.Check", { "modules/health/health.lua", "SPEC_OPTIONS" } },
+    { "health", "tug.health.CheckOptions", { "modules/health/health.lua", "CHECK_OPTIONS" } },
+    { "health", "tug.health.LoadOptions", { "modules/health/health.lua", "LOAD_OPTIONS" } },
+    { "health", "tug.health.Limits", { "modules/health/health.lua", "LATENCY_LIMITS" }, { "modules/health/health.lua", "GATE_OPTIONS" } },
+    { "analysis", "tug.analysis.RunSpec", { "modules/analysis/analysis.lua", "RUN_OPTIONS" } },
+    { "analysis", "tug.analysis.Metric", { "modules/analysis/analysis.lua", "METRIC_OPTIONS" } },
+    { "analysis", "tug.analysis.CompareSpec", { "modules/analysis/analysis.lua", "COMPARE_OPTIONS" } },
+    { "analysis", "tug.analysis.CompareMetric", { "modules/analysis/analysis.lua", "COMPARE_METRIC_OPTIONS" } },
+    { "aws", "tug.aws.Settings", { "modules/aws/client.lua", "SETTINGS" } },
+    { "aws", "tug.aws.SignOptions", { "modules/aws/aws.lua", "SIGN_OPTIONS" } },
+    -- sync takes the settings too (client.settings(opts, OPTIONS))
+    { "aws", "tug.aws.SyncOptions", { "modules/aws/sync.lua", "OPTIONS" }, { "modules/aws/client.lua", "SETTINGS" } },
+  }
+
+  -- The keys of `local NAME = { a = true, ... }` (or `M.NAME = {`) in a source file; for a
+  -- list of `{ key = "a", ... }` entries (health's LATENCY_LIMITS), those keys.
+  local function table_keys(file, name)
+    local f = assert(io.open(file))
+    local text = f:read("a")
+    f:close()
+    local body = text:match("\nlocal " .. name .. " = (%b{})") or text:match("\nM%." .. name .. " = (%b{})")
+    assert(body, file .. " has no table " .. name)
+    local keys = {}
+    if body:find('key = "', 1, true) then
+      for key in body:gmatch('key = "([%w_]+)"') do keys[key] = true end
+    else
+      for key in body:gmatch("([%a_][%w_]*)%s*=") do keys[key] = true end
+    end
+    return keys
+  end
+
+  -- A class's fields, with those of the classes it extends (in the same file).
+  local function all_fields(m, class_name)
+    local fields = {}
+    local class = m.classes[class_name]
+    while class do
+      for field in pairs(class.fields) do fields[field] = true end
+      class = class.parent and m.classes[class.parent]
+    end
+    return fields
+  end
+
+  for _, entry in ipairs(OPTION_TABLES) do
+    local module, class_name = entry[1], entry[2]
+    it(("declares %s as the options %s accepts"):format(class_name, entry[3][1]), function()
+      local accepted = {}
+      for i = 3, #entry do
+        for key in pairs(table_keys(entry[i][1], entry[i][2])) do accepted[key] = true end
+      end
+      local declared = all_fields(meta(module), class_name)
+      local only_declared, only_accepted = {}, {}
+      for key in pairs(declared) do if not accepted[key] then only_declared[#only_declared + 1] = key end end
+      for key in pairs(accepted) do if not declared[key] then only_accepted[#only_accepted + 1] = key end end
+      table.sort(only_declared)
+      table.sort(only_accepted)
+      assert.same({ declared_not_accepted = {}, accepted_not_declared = {} },
+        { declared_not_accepted = only_declared, accepted_not_declared = only_accepted })
+    end)
+  end
+
   describe("tug.lua", function()
     it("declares only what the tug global has, as that kind", function()
       local m = meta("tug")
