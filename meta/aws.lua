@@ -179,7 +179,7 @@ function aws.s3.delete_many(url, keys, opts) end
 
 ---A URL that works without credentials until it expires (at most 7 days).
 ---@param url string
----@param opts? tug.aws.Settings|{ method?: string, expires?: tug.Duration }
+---@param opts? tug.aws.Settings|{ method?: string, expires?: tug.Duration, time?: number|string, headers?: table<string, string> }
 ---@return string
 function aws.s3.presign(url, opts) end
 
@@ -239,7 +239,7 @@ aws.ecr.SEVERITIES = {}
 
 ---Every page: `{ repository, digest, tags, size, pushed_at, scan_status, severity_counts, raw }` each.
 ---@param repository string
----@param opts? tug.aws.Settings|{ tags?: string[] }
+---@param opts? tug.aws.Settings|{ tags?: string[], registry_id?: string }
 ---@return table[]
 function aws.ecr.describe_images(repository, opts) end
 
@@ -253,7 +253,7 @@ function aws.ecr.image_exists(repository, tag, opts) end
 ---`{ status, counts, total, completed_at, description, digest }`; `wait` polls while the scan runs.
 ---@param repository string
 ---@param tag string
----@param opts? tug.aws.Settings|{ wait?: tug.Duration }
+---@param opts? tug.aws.Settings|{ wait?: tug.Duration, interval?: tug.Duration, registry_id?: string }
 ---@return { status: string, counts: table<string, integer>, total: integer, completed_at: string?, description: string?, digest: string }
 function aws.ecr.scan_findings(repository, tag, opts) end
 

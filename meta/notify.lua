@@ -10,6 +10,7 @@
 ---@field backoff? tug.Duration default 1 s, doubling, with jitter
 ---@field timeout? tug.Duration per attempt (default 10 s)
 ---@field required? boolean raise `{ kind = "notify", message, status }` when the send fails
+---@field channel_name? string what the result's `channel` says (notify.send gives the channel's name)
 
 ---@class tug.notify.Slack: tug.notify.Common
 ---@field webhook string required: the incoming webhook URL

@@ -407,15 +407,22 @@ describe("meta/", function()
     { "aws", "tug.aws.SignOptions", { "modules/aws/aws.lua", "SIGN_OPTIONS" } },
     -- sync takes the settings too (client.settings(opts, OPTIONS))
     { "aws", "tug.aws.SyncOptions", { "modules/aws/sync.lua", "OPTIONS" }, { "modules/aws/client.lua", "SETTINGS" } },
+    { "aws", "tug.aws.RequestOptions", { "modules/aws/client.lua", "REQUEST_OPTIONS" }, { "modules/aws/client.lua", "SETTINGS" } },
+    { "aws", "tug.aws.PutOptions", { "modules/aws/s3.lua", "PUT_OPTIONS" }, { "modules/aws/s3.lua", "OBJECT_HEADERS" },
+      { "modules/aws/client.lua", "SETTINGS" } },
+    { "notify", "tug.notify.Slack", { "modules/notify/notify.lua", "SLACK" }, { "modules/notify/notify.lua", "COMMON" } },
+    { "notify", "tug.notify.PagerDuty", { "modules/notify/notify.lua", "PAGERDUTY" }, { "modules/notify/notify.lua", "COMMON" } },
+    { "notify", "tug.notify.Statuspage", { "modules/notify/notify.lua", "STATUSPAGE" }, { "modules/notify/notify.lua", "COMMON" } },
+    { "notify", "tug.notify.Webhook", { "modules/notify/notify.lua", "WEBHOOK" }, { "modules/notify/notify.lua", "COMMON" } },
   }
 
-  -- The keys of `local NAME = { a = true, ... }` (or `M.NAME = {`) in a source file; for a
+  -- The keys of `local NAME = { a = true, ... }` (or `M.NAME = {`, or `local NAME = f({`) in a source file; for a
   -- list of `{ key = "a", ... }` entries (health's LATENCY_LIMITS), those keys.
   local function table_keys(file, name)
     local f = assert(io.open(file))
     local text = f:read("a")
     f:close()
-    local body = text:match("\nlocal " .. name .. " = (%b{})") or text:match("\nM%." .. name .. " = (%b{})")
+    local body = text:match("\nlocal " .. name .. " = [%w_]*%(?(%b{})") or text:match("\nM%." .. name .. " = (%b{})")
     assert(body, file .. " has no table " .. name)
     local keys = {}
     if body:find('key = "', 1, true) then
