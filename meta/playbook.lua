@@ -1,4 +1,4 @@
----@meta playbook
+---@meta _
 -- The playbook DSL (playbooks/README.md): a playbook file ends with
 --   return playbook { name = ..., params = { ... }, steps = { step "..." { run = ... }, ... } }
 -- and every step's run, undo and when get the run's `ctx`. runtime/lua/playbooks.lua checks

@@ -1,4 +1,4 @@
----@meta tug
+---@meta _
 -- The `tug` global, and the shapes every module shares: durations and environments.
 
 ---Seconds (a number), or a duration string: "500ms", "1m30s", "1.5s", "2h", "1d1h".
@@ -109,5 +109,3 @@ function tug.sys.isatty(fd) end
 ---The terminal's width in columns (80 when stdout is not a terminal).
 ---@return integer
 function tug.sys.term_width() end
-
-return tug
