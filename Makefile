@@ -101,8 +101,10 @@ install: tug
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
 	  $(DESTDIR)$(PREFIX)/share/bash-completion/completions \
 	  $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions \
-	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d \
+	  $(DESTDIR)$(PREFIX)/share/tug/meta
 	install -m 755 tug $(DESTDIR)$(PREFIX)/bin/tug
+	install -m 644 meta/*.lua $(DESTDIR)$(PREFIX)/share/tug/meta/
 	./tug help --man > $(DESTDIR)$(PREFIX)/share/man/man1/tug.1
 	./tug completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/tug
 	./tug completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_tug

@@ -17,6 +17,8 @@ local PARAM_FIELDS = {
   type = "string", required = "boolean", default = "any", pattern = "string", help = "string",
   min = "number", max = "number", values = "table",
 }
+-- the field tables, for meta/playbook.lua's spec (editor type definitions stay in step)
+M.PLAYBOOK_FIELDS, M.STEP_FIELDS, M.PARAM_FIELDS = PLAYBOOK_FIELDS, STEP_FIELDS, PARAM_FIELDS
 M.PARAM_TYPES = { "string", "integer", "number", "boolean", "enum", "duration", "list" }
 local PARAM_TYPE_SET = {}
 for _, t in ipairs(M.PARAM_TYPES) do PARAM_TYPE_SET[t] = true end
