@@ -295,11 +295,14 @@ end
 local function cmd_resume(flags, _, rest)
   local id = rest[1]
   if not id then return usage("'tug resume' needs a run id (see 'tug runs')") end
-  local events, err = journal.read(id)
-  if not events then return usage("%s", err) end
+  local events, path = journal.read(id)
+  if not events then return usage("%s", path) end
   local run = journal.summarise(events)
   if run.status ~= "running" then
     return usage("run %s already ended: %s%s", id, tostring(run.status), run.reason and (" (" .. run.reason .. ")") or "")
+  end
+  if run.state_broken then
+    return usage("cannot resume run %s: its saved state cannot be rebuilt from %s: %s", id, path, run.state_broken)
   end
   local pb, perr = playbooks.load(run.path)
   if not pb then
@@ -334,8 +337,8 @@ end
 local function cmd_show(_, _, rest)
   local id = rest[1]
   if not id then return usage("'tug show' needs a run id (see 'tug runs')") end
-  local events, err = journal.read(id)
-  if not events then return usage("%s", err) end
+  local events, path = journal.read(id)
+  if not events then return usage("%s", path) end
   local run = journal.summarise(events)
   say("run %s: %s on %s: %s%s", id, tostring(run.playbook), tostring(run.env), tostring(run.status),
     run.reason and (" (" .. run.reason .. ")") or "")
@@ -352,7 +355,11 @@ local function cmd_show(_, _, rest)
   for _, e in ipairs(events) do
     if e.event == "decision" then say("  decision: %s -> %s", e.question, e.answer) end
   end
-  if run.state then say("state: %s", json.encode(run.state)) end
+  if run.state_broken then
+    say("state: cannot be rebuilt from %s: %s", path, run.state_broken)
+  elseif run.state then
+    say("state: %s", json.encode(run.state))
+  end
   return EXIT.ok
 end
 

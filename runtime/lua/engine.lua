@@ -89,15 +89,35 @@ local function timestamp()
   return string.format("%s.%03dZ", stamp_prefix, math.floor((now - second) * 1000))
 end
 
--- Each event is encoded once, for the journal and for --output json alike. Durations are
--- kept to the microsecond: finer is noise.
+-- Each event is encoded once, for the journal and for --output json alike, but for the
+-- state: --output json shows the whole ctx.state on every step_end and undo_end, and the
+-- journal records what changed (journal.lua), so a state that grows by a key a step costs
+-- a line a step, not the whole state again. The whole-state line is encoded only for a
+-- reporter that prints lines. Durations are kept to the microsecond: finer is noise.
 local RUN_EVENTS = { run_start = true, run_resume = true, run_end = true }
 
-function Run:emit(event)
+local function encode(event)
+  return log.redact(json.encode(event))
+end
+
+-- Emits an event. An event with `state` goes to the journal with `state_patch` (the ops,
+-- when there are any) in its place.
+function Run:emit(event, state_patch)
   event.time = timestamp()
   if event.duration then event.duration = math.floor(event.duration * 1e6 + 0.5) / 1e6 end
-  local line = log.redact(json.encode(event))
-  if self.journal then self.journal:write_line(line) end
+  local stored = event.state ~= nil and event.event ~= "run_resume"
+  local line
+  if not stored or self.reporter.lines ~= false then line = encode(event) end
+  if self.journal then
+    if stored then
+      local record = {}
+      for k, v in pairs(event) do record[k] = v end
+      record.state, record.state_patch = nil, state_patch and #state_patch > 0 and state_patch or nil
+      self.journal:write_line(encode(record))
+    else
+      self.journal:write_line(line)
+    end
+  end
   self.reporter.event(event, line)
   -- channels in the environment's notify: section hear when a run starts and ends
   if RUN_EVENTS[event.event] and not self.plan and self.env.notify
@@ -110,14 +130,36 @@ function Run:sync()
   if self.journal then self.journal:sync() end
 end
 
--- Checks that state is plain data (it goes to the journal).
-local function check_state(state)
-  local ok, err = pcall(json.encode, state)
-  if not ok then
-    return nil, "ctx.state must hold plain data (it is saved to the journal): " ..
-      tostring(err):gsub("^json%.encode: ", ""):gsub("%$", "state", 1)
+-- What changed in ctx.state since the journal last recorded it: the patch's ops and their
+-- JSON, or nil and a message when the state is not plain data (it goes to the journal).
+function Run:state_change()
+  local ops = journal.diff(self.recorded, self.ctx.state)
+  local ok, text = pcall(json.encode, ops)
+  if ok then return ops, text end
+  -- name the value as the whole state would (the failure path only: this costs the state)
+  local _, err = pcall(json.encode, self.ctx.state)
+  return nil, "ctx.state must hold plain data (it is saved to the journal): " ..
+    tostring(err or text):gsub("^json%.encode: ", ""):gsub("%$", "state", 1)
+end
+
+-- Emits a step_end or undo_end with the state: the whole of it to the reporter, the change
+-- to the journal. A state that is not plain data is not recorded: the event carries the
+-- state as last recorded, and the step or undo fails with `problem` (the message).
+-- ops and text: the change when the caller just took it.
+function Run:emit_with_state(event, ops, text)
+  if not ops then ops, text = self:state_change() end
+  if ops then
+    event.state = self.ctx.state
+    self:emit(event, ops)
+    -- the journal's reader applies the decoded patch; so does the run, to stay in step
+    if #ops > 0 then self.recorded = journal.apply_patch(self.recorded, json.decode(text)) end
+    return true
   end
-  return true
+  event.state = self.recorded
+  if event.status == "ok" then event.status = "failed" end
+  event.error = (event.error and event.error ~= text) and (event.error .. "; " .. text) or text
+  self:emit(event)
+  return false, text
 end
 
 local function error_text(err)
@@ -294,18 +336,18 @@ function Run:run_step(index, step)
     if not ok then return false, "its when() failed: " .. error_text(go) end
     if not go then
       self:emit({ event = "step_skip", index = index, name = step.name, reason = "when() is false" })
-      self:emit({ event = "step_end", index = index, name = step.name, status = "skipped", state = ctx.state })
+      local recorded, err = self:emit_with_state({ event = "step_end", index = index, name = step.name, status = "skipped" })
       self:sync()
-      return true, nil, true
+      return recorded, err, recorded
     end
   end
   local gate_ok, gate = pcall(self.gate, self, step)
   if not gate_ok then return false, error_text(gate) end
   if gate == "skip" then
     self:emit({ event = "step_skip", index = index, name = step.name, reason = "skipped by the operator" })
-    self:emit({ event = "step_end", index = index, name = step.name, status = "skipped", state = ctx.state })
+    local recorded, err = self:emit_with_state({ event = "step_end", index = index, name = step.name, status = "skipped" })
     self:sync()
-    return true, nil, true
+    return recorded, err, recorded
   elseif gate == "abort" then
     self.aborted = self.aborted or ("aborted by the operator before step \"" .. step.name .. "\"")
     return false, self.aborted
@@ -323,10 +365,14 @@ function Run:run_step(index, step)
   self:emit({ event = "step_start", index = index, name = step.name })
   local t0 = time.monotonic()
   local attempts, ok, err = 0, false, nil
+  local ops, ops_text -- what the step changed in ctx.state
   while true do
     attempts = attempts + 1
     ok, err = self:call(step.run, step.timeout)
-    if ok then ok, err = check_state(ctx.state) end
+    if ok then
+      ops, ops_text = self:state_change()
+      ok, err = ops ~= nil, ops_text
+    end
     if ok or self.interrupted or attempts > step.retries then break end
     local delay = step.retry_delay * step.backoff ^ (attempts - 1)
     self:emit({ event = "step_retry", index = index, name = step.name, attempt = attempts,
@@ -340,13 +386,17 @@ function Run:run_step(index, step)
     if not slept or self.interrupted then break end
   end
   local event = { event = "step_end", index = index, name = step.name, status = ok and "ok" or "failed",
-    duration = time.monotonic() - t0, attempts = attempts, state = ctx.state }
+    duration = time.monotonic() - t0, attempts = attempts }
   if not ok then
     event.error = self.interrupted and "interrupted" or error_text(err)
     if type(err) == "table" and err.kind then event.error_kind = err.kind end
   end
   if self.plan then event.changes = tug.plan.take() end
-  self:emit(event)
+  if ok then
+    self:emit_with_state(event, ops, ops_text)
+  else
+    self:emit_with_state(event)
+  end
   self:sync()
   return ok, event.error
 end
@@ -370,8 +420,8 @@ function Run:rollback()
         return "aborted", "stopped during the undo of \"" .. step.name .. "\""
       end
       local e = { event = "undo_end", index = entry.index, name = step.name, status = ok and "ok" or "failed",
-        duration = time.monotonic() - t0, error = not ok and error_text(err) or nil, state = self.ctx.state }
-      self:emit(e)
+        duration = time.monotonic() - t0, error = not ok and error_text(err) or nil }
+      if not self:emit_with_state(e) then ok = false end
       self:sync()
       if not ok then failures = failures + 1 end
     end
@@ -418,6 +468,8 @@ function M.run(opts)
   if resume then
     self.run_id = resume.run_id
     self.state = resume.state or {}
+    -- what the journal holds, which the next patch changes: a copy, since steps change self.state
+    self.recorded = json.decode(json.encode(self.state))
     for i, s in ipairs(pb.steps) do
       local e = resume.steps[i]
       if e and (e.status == "ok" or e.status == "skipped") then
@@ -427,6 +479,7 @@ function M.run(opts)
     end
   else
     self.run_id = journal.new_id()
+    self.recorded = json.object()
   end
 
   local names = {}
@@ -454,6 +507,7 @@ function M.run(opts)
       end
     end
     self.journal = journal.create(self.run_id)
+    if resume then self.journal:end_torn_line() end
   end
 
   self.ctx = self:make_ctx()
@@ -473,7 +527,7 @@ function M.run(opts)
   end
   self:emit({ event = resume and "run_resume" or "run_start", run_id = self.run_id, playbook = pb.name,
     path = pb.path, env = self.env.name, params = self.params, steps = names, plan = self.plan or nil,
-    resumed_from = first_resumed })
+    resumed_from = first_resumed, state = resume and self.recorded or nil })
   self:sync()
 
   local status, reason = "succeeded", nil

@@ -45,6 +45,17 @@ function writer:sync()
   if not ok then error(tug.error.new("journal", "cannot sync the journal " .. self.path .. ": " .. err), 0) end
 end
 
+-- Ends a line that a run which died while writing left torn, so that what a resume appends
+-- starts on a line of its own.
+function writer:end_torn_line()
+  local f = io.open(self.path, "rb")
+  if not f then return end
+  local size = f:seek("end")
+  local last = size > 0 and f:seek("set", size - 1) and f:read(1)
+  f:close()
+  if last and last ~= "\n" then self:write_line("") end
+end
+
 function writer:close()
   if self.file then
     self.file:close()
@@ -52,36 +63,226 @@ function writer:close()
   end
 end
 
--- Reads a journal: the list of events (a torn last line from a crash is skipped).
+-- ---- the state: a step_end or undo_end records the change to ctx.state as a JSON Patch ----
+-- (RFC 6902: add, replace and remove at JSON Pointer paths) against the state recorded
+-- before it, so a run whose state grows by a key a step writes a journal that grows
+-- linearly. run_resume records the whole state it resumes with, and journals written
+-- before patches carry the whole state on every step_end and undo_end: `state` always
+-- replaces what came before, `state_patch` changes it.
+
+local ARRAY_MT = debug.getmetatable(json.array())
+local OBJECT_MT = debug.getmetatable(json.object())
+
+-- A JSON Pointer one level below `path`: a string key is an object member (with ~ and /
+-- escaped), an integer key a Lua position in an array (JSON counts from 0).
+local function pointer(path, key)
+  if math.type(key) == "integer" then return path .. "/" .. (key - 1) end
+  return path .. "/" .. key:gsub("~", "~0"):gsub("/", "~1")
+end
+
+-- Whether a live value that is not a table encodes as the recorded one: 1 and 1.0 are equal
+-- in Lua but not in JSON, and neither are 0.0 and -0.0.
+local function same_scalar(live, recorded)
+  if live ~= recorded then return false end
+  if type(live) == "number" then
+    return math.type(live) == math.type(recorded) and (live ~= 0 or 1 / live == 1 / recorded)
+  end
+  return true
+end
+
+local diff_table
+
+local function diff_value(recorded, live, path, ops)
+  if type(live) == "table" then
+    if type(recorded) == "table" and diff_table(recorded, live, path, ops) then return end
+  elseif same_scalar(live, recorded) then
+    return
+  end
+  ops[#ops + 1] = { op = "replace", path = path, value = live }
+end
+
+local function drop_from(ops, first)
+  for i = #ops, first, -1 do ops[i] = nil end
+end
+
+-- Appends the ops that turn `recorded` (decoded JSON) into `live`, member by member; false
+-- when they cannot be compared that way (the live table is of another JSON kind, or not
+-- plain data, which encoding the whole value then reports) or when the ops would outnumber
+-- the members: the caller replaces the whole value instead.
+diff_table = function(recorded, live, path, ops)
+  local array = debug.getmetatable(recorded) == ARRAY_MT
+  local mt = debug.getmetatable(live)
+  if mt == nil then
+    if (rawlen(live) > 0) ~= array then return false end -- json.encode's rule: {} is an object
+  elseif mt ~= (array and ARRAY_MT or OBJECT_MT) then
+    return false
+  end
+  local first, members = #ops + 1, 0
+  if array then
+    local n, had = rawlen(live), rawlen(recorded)
+    for k in next, live do
+      if math.type(k) ~= "integer" or k < 1 or k > n then return false end
+      members = members + 1
+    end
+    if members ~= n then return false end -- holes
+    for i = 1, n do
+      if i <= had then
+        diff_value(recorded[i], live[i], pointer(path, i), ops)
+      else
+        ops[#ops + 1] = { op = "add", path = pointer(path, i), value = live[i] }
+      end
+    end
+    for i = had, n + 1, -1 do ops[#ops + 1] = { op = "remove", path = pointer(path, i) } end
+  else
+    for k, v in next, live do
+      if type(k) ~= "string" then
+        drop_from(ops, first)
+        return false
+      end
+      members = members + 1
+      local was = rawget(recorded, k)
+      if was == nil then
+        ops[#ops + 1] = { op = "add", path = pointer(path, k), value = v }
+      else
+        diff_value(was, v, pointer(path, k), ops)
+      end
+    end
+    for k in next, recorded do
+      if rawget(live, k) == nil then ops[#ops + 1] = { op = "remove", path = pointer(path, k) } end
+    end
+  end
+  if #ops - first + 1 > math.max(members, 1) then
+    drop_from(ops, first)
+    return false
+  end
+  return true
+end
+
+-- The JSON Patch that turns `recorded` (the state as the journal has it: decoded JSON)
+-- into `live` (ctx.state); {} when nothing changed. Values are the live ones: encoding
+-- the patch is what checks they are plain data.
+function M.diff(recorded, live)
+  local ops = {}
+  diff_value(recorded, live, "", ops)
+  return ops
+end
+
+local function pointer_key(parent, segment)
+  if debug.getmetatable(parent) == ARRAY_MT then
+    local i = math.tointeger(tonumber(segment))
+    if not i or i < 0 or not segment:match("^%d+$") then error("'" .. segment .. "' is not an array index", 0) end
+    return i + 1
+  end
+  return (segment:gsub("~1", "/"):gsub("~0", "~"))
+end
+
+-- Applies a JSON Patch (decoded) to state, in place where it can; returns the new state.
+-- Raises a message when an op does not fit the state (a journal that lost a line).
+function M.apply_patch(state, ops)
+  for _, op in ipairs(ops) do
+    local path = op.path
+    if type(path) ~= "string" or (path ~= "" and path:sub(1, 1) ~= "/") then
+      error("patch op has no JSON Pointer path", 0)
+    end
+    if path == "" then
+      if op.op ~= "replace" and op.op ~= "add" then error("cannot " .. tostring(op.op) .. " the whole state", 0) end
+      state = op.value
+    else
+      local segments = {}
+      for segment in path:gmatch("/([^/]*)") do segments[#segments + 1] = segment end
+      local parent = state
+      for i = 1, #segments - 1 do
+        parent = type(parent) == "table" and parent[pointer_key(parent, segments[i])] or nil
+        if type(parent) ~= "table" then error("no " .. path .. " in the state", 0) end
+      end
+      local key = pointer_key(parent, segments[#segments])
+      local array = math.type(key) == "integer"
+      if op.op == "add" then
+        if array then table.insert(parent, key, op.value) else parent[key] = op.value end
+      elseif op.op == "replace" or op.op == "remove" then
+        if parent[key] == nil then error("no " .. path .. " in the state to " .. op.op, 0) end
+        if op.op == "replace" then
+          parent[key] = op.value
+        elseif array then
+          table.remove(parent, key)
+        else
+          parent[key] = nil
+        end
+      else
+        error("unknown patch op '" .. tostring(op.op) .. "'", 0)
+      end
+    end
+  end
+  return state
+end
+
+-- Reads a journal: the list of events. A line that is not JSON is torn when it is the last
+-- one or a resume followed it (the run died while writing it, and it never counted); any
+-- other is damage, kept in the list as { event = "unreadable", line = N } so summarise
+-- knows the state after it cannot be rebuilt from patches.
 function M.read(run_id)
   local path = M.dir() .. "/" .. run_id .. ".jsonl"
   local f = io.open(path)
   if not f then return nil, "no run '" .. run_id .. "' in " .. M.dir() end
-  local events = {}
+  local events, bad = {}, nil
+  local number = 0
   for line in f:lines() do
+    number = number + 1
     local ok, event = pcall(json.decode, line)
-    if ok and type(event) == "table" then events[#events + 1] = event end
+    if ok and type(event) == "table" then
+      if bad and event.event ~= "run_resume" then events[#events + 1] = { event = "unreadable", line = bad } end
+      bad = nil
+      events[#events + 1] = event
+    elseif line ~= "" then
+      if bad then events[#events + 1] = { event = "unreadable", line = bad } end
+      bad = number
+    end
   end
   f:close()
   return events, path
 end
 
--- Summarises a journal's events: the run as a whole and each step's last outcome.
+-- The state after event e: its whole `state`, or `current` with its `state_patch` applied.
+local function advance(run, current, e)
+  if e.state ~= nil then
+    run.state_broken = nil
+    return e.state
+  end
+  if e.state_patch == nil or run.state_broken then return current end
+  local ok, state = pcall(M.apply_patch, current, e.state_patch)
+  if ok then return state end
+  run.state_broken = string.format("the %s of step %s does not apply: %s", e.event, tostring(e.index), state)
+  return current
+end
+
+-- Summarises a journal's events: the run as a whole, each step's last outcome, and the
+-- state as of the last step_end (undos change the state, but a run shows and resumes with
+-- the state its steps left, as it always did). run.state_broken says why the state could
+-- not be rebuilt, if it could not.
 function M.summarise(events)
   local run = { steps = {}, undone = {} }
+  local current = json.object() -- the state as the events so far recorded it
   for _, e in ipairs(events) do
     if e.event == "run_start" or e.event == "run_resume" then
       run.run_id, run.playbook, run.path = e.run_id, e.playbook, e.path
       run.env, run.params, run.started = e.env, e.params, run.started or e.time
       run.step_names = e.steps or run.step_names
       run.status = "running"
+      if e.state ~= nil then current = advance(run, current, e) end
     elseif e.event == "step_end" then
       run.steps[e.index] = e
-      if e.state ~= nil then run.state = e.state end
+      current = advance(run, current, e)
+      run.state = current
     elseif e.event == "undo_end" then
       run.undone[e.index] = e
+      if e.state_patch ~= nil and current == run.state then current = json.decode(json.encode(current)) end
+      current = advance(run, current, e)
     elseif e.event == "run_end" then
       run.status, run.reason, run.ended = e.status, e.reason, e.time
+    elseif e.event == "unreadable" then
+      run.unreadable = run.unreadable or {}
+      run.unreadable[#run.unreadable + 1] = e.line
+      run.state_broken = run.state_broken or string.format("line %d of the journal is not JSON", e.line)
     end
   end
   return run

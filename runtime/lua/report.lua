@@ -270,6 +270,7 @@ function M.new(opts)
     event = function(e, line)
       for _, r in ipairs(list) do r.event(e, line) end
     end,
+    lines = output == "json", -- only --output json prints each event's JSON line
   }
 end
 

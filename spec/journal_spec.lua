@@ -1,0 +1,197 @@
+-- The journal (.tug/runs/ID.jsonl): step_end and undo_end record what changed in ctx.state
+-- (a JSON Patch), `tug show` and `tug resume` rebuild the state from it, journals written
+-- before patches still resume, a torn last line is survived and damage is named.
+package.path = "spec/support/?.lua;" .. package.path
+local project = require("project")
+
+local TRACE = project.TRACE
+
+local function lines_of(text)
+  local out = {}
+  for line in (text or ""):gmatch("[^\n]+") do out[#out + 1] = line end
+  return out
+end
+
+-- The --output json events named `kind` in a run's stdout.
+local function output_events(stdout, kind)
+  local out = {}
+  for _, line in ipairs(lines_of(stdout)) do
+    local e = json.decode(line)
+    if e.event == kind then out[#out + 1] = e end
+  end
+  return out
+end
+
+local function shown_state(p, run_id)
+  local r = p:tug({ "show", run_id })
+  assert.are.equal(0, r.code, r.stderr)
+  return r.stdout:match("\nstate: ([^\n]*)"), r
+end
+
+describe("the journal's state", function()
+  local p
+  before_each(function() p = project.new() end)
+  after_each(function() p:remove() end)
+
+  it("grows by a line a step when each step adds a key, not by the whole state", function()
+    local steps = {}
+    for i = 1, 400 do
+      steps[i] = string.format('  step "add %d" { run = function(ctx) ctx.state.key_%03d = %d end },', i, i, i)
+    end
+    p:write("playbooks/grow.lua", "return playbook { steps = {\n" .. table.concat(steps, "\n") .. "\n} }")
+    local r = p:tug({ "run", "grow", "--output", "json" })
+    assert.are.equal(0, r.code, r.stderr)
+    local _, run_id = p:journal()
+    local ends = {}
+    for _, line in ipairs(lines_of(p:read(".tug/runs/" .. run_id .. ".jsonl"))) do
+      if line:find('"event":"step_end"', 1, true) then ends[#ends + 1] = line end
+    end
+    assert.are.equal(400, #ends)
+    -- the 400th step's line is as long as the 10th's (it held the whole state: 400 keys)
+    assert.is_true(#ends[400] - #ends[10] < 16, #ends[10] .. " bytes, then " .. #ends[400])
+    assert.are.same({ { op = "add", path = "/key_400", value = 400 } }, json.decode(ends[400]).state_patch)
+    -- --output json still shows the whole state; `tug show` rebuilds the same
+    local last = output_events(r.stdout, "step_end")[400]
+    assert.are.equal(400, last.state.key_400)
+    assert.are.equal(json.encode(last.state), (shown_state(p, run_id)))
+  end)
+
+  it("rebuilds exactly the state the steps left, through nested changes, a kill -9 and a resume", function()
+    p:write("playbooks/pb.lua", TRACE .. [[
+return playbook { steps = {
+  step "start" { run = function(ctx)
+    local s = ctx.state
+    s.version, s.list, s.nested, s.empty, s.flags = "v1", { 1, 2, 3 }, { a = { b = { c = 1 } } }, {}, { x = true, y = false }
+    s["we/ird~key"], s.zero = 1, 0.0
+  end },
+  step "change" { run = function(ctx)
+    local s = ctx.state
+    s.list[#s.list + 1] = { item = 4 }
+    s.nested.a.b.c, s.nested.a.b.d = 1.0, "new"   -- an integer that becomes a float
+    s.flags.x = nil
+    s.empty = json.array({ "now", "an", "array" })
+    s["we/ird~key"], s.zero = 2, -0.0
+  end },
+  step "long" { run = function(ctx)
+    ctx.state.long = (ctx.state.long or 0) + 1   -- lost with the run: the step did not finish
+    trace("long")
+    if not os.getenv("FAST") then task.sleep(30) end
+  end },
+  step "shrink" { run = function(ctx)
+    local s = ctx.state
+    table.remove(s.list, 1)
+    s.nested.a, s.version, s.deep, s.words = nil, "v2", { { {} } }, { "x" }
+    s.flags = "replaced by a string"
+  end },
+  step "finish" { run = function(ctx)
+    ctx.state.words = nil
+    ctx.state.list[3].item = 5
+    trace("finish")
+  end },
+} }]])
+    local proc = p:spawn({ "run", "pb", "--output", "json" })
+    assert.is_true(project.wait_for(function() return (p:read("trace.txt") or ""):find("long") end))
+    proc:kill("KILL")
+    local killed = proc:wait()
+    local before = output_events(killed.stdout, "step_end")
+    assert.are.equal(2, #before)
+    local _, run_id = p:journal()
+    assert.are.equal(json.encode(before[2].state), (shown_state(p, run_id)))
+
+    local r = p:tug({ "resume", run_id, "--output", "json" }, { env = { FAST = "1" } })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    local resumed = output_events(r.stdout, "run_resume")[1]
+    assert.are.equal(json.encode(before[2].state), json.encode(resumed.state))
+    local after = output_events(r.stdout, "step_end")
+    local final = after[#after].state
+    assert.are.equal(1, final.long)
+    assert.are.equal(json.encode({
+      deep = { { json.object() } }, empty = { "now", "an", "array" }, flags = "replaced by a string",
+      list = { 2, 3, { item = 5 } }, long = 1, nested = json.object(), version = "v2", ["we/ird~key"] = 2, zero = -0.0,
+    }), json.encode(final))
+    assert.are.equal(json.encode(final), (shown_state(p, run_id)))
+  end)
+
+  it("shows and resumes with the state the steps left when undos changed it afterwards", function()
+    p:write("playbooks/pb.lua", [[
+return playbook { steps = {
+  step "a" { run = function(ctx) ctx.state.deployed = "v2" end, undo = function(ctx) ctx.state.deployed = nil; ctx.state.undone = true end },
+  step "b" { run = function(ctx) ctx.state.checked = true; error("health check failed") end },
+} }]])
+    local r = p:tug({ "run", "pb", "--output", "json" })
+    assert.are.equal(1, r.code, r.stderr)
+    local undo = output_events(r.stdout, "undo_end")[1]
+    assert.are.same({ undone = true, checked = true }, undo.state)
+    local events, run_id = p:journal()
+    for _, e in ipairs(events) do
+      if e.event == "undo_end" then
+        assert.are.same({ { op = "add", path = "/undone", value = true }, { op = "remove", path = "/deployed" } },
+          e.state_patch)
+      end
+    end
+    -- as before patches: `tug show` has the state of the last step_end
+    assert.are.equal('{"checked":true,"deployed":"v2"}', (shown_state(p, run_id)))
+  end)
+
+  it("reads and resumes a journal written before patches, with the whole state on each step_end", function()
+    p:write("playbooks/pb.lua", TRACE .. [[
+return playbook { steps = {
+  step "one" { run = function(ctx) trace("one") end },
+  step "two" { run = function(ctx) trace("two") end },
+  step "three" { run = function(ctx) trace("three " .. ctx.state.version .. " " .. ctx.state.hosts[2]) end },
+} }]])
+    local id = "20261101T000000-abcd"
+    p:write(".tug/runs/" .. id .. ".jsonl", table.concat({
+      '{"env":"local","event":"run_start","params":{},"path":"playbooks/pb.lua","playbook":"pb","run_id":"' .. id ..
+        '","steps":["one","two","three"],"time":"2026-11-01T00:00:00.000Z"}',
+      '{"event":"step_start","index":1,"name":"one","time":"2026-11-01T00:00:00.001Z"}',
+      '{"attempts":1,"duration":0.1,"event":"step_end","index":1,"name":"one","state":{"version":"v1"},"status":"ok","time":"2026-11-01T00:00:00.002Z"}',
+      '{"event":"step_start","index":2,"name":"two","time":"2026-11-01T00:00:00.003Z"}',
+      '{"attempts":1,"duration":0.1,"event":"step_end","index":2,"name":"two","state":{"hosts":["a","b"],"version":"v1"},"status":"ok","time":"2026-11-01T00:00:00.004Z"}',
+      "" }, "\n"))
+    assert.are.equal('{"hosts":["a","b"],"version":"v1"}', (shown_state(p, id)))
+    local r = p:tug({ "resume", id })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.are.same({ "three v1 b" }, p:trace())
+    local text = shown_state(p, id)
+    assert.are.equal('{"hosts":["a","b"],"version":"v1"}', text)
+  end)
+
+  it("resumes after a torn last line, and refuses a journal whose middle was damaged, naming the line", function()
+    p:write("playbooks/pb.lua", TRACE .. [[
+return playbook { steps = {
+  step "one" { run = function(ctx) ctx.state.n = 1 end },
+  step "two" { run = function(ctx) ctx.state.n = ctx.state.n + 1; trace("two " .. ctx.state.n) end },
+} }]])
+    local function head(id)
+      return '{"env":"local","event":"run_start","params":{},"path":"playbooks/pb.lua","playbook":"pb","run_id":"' ..
+        id .. '","steps":["one","two"],"time":"2026-11-01T00:00:00.000Z"}\n' ..
+        '{"attempts":1,"duration":0.1,"event":"step_end","index":1,"name":"one","state_patch":' ..
+        '[{"op":"add","path":"/n","value":1}],"status":"ok","time":"2026-11-01T00:00:00.002Z"}'
+    end
+    local id = "20261101T000000-beef"
+    -- the run died while writing step two's end: half a line, no newline
+    p:write(".tug/runs/" .. id .. ".jsonl", head(id) ..
+      '\n{"attempts":1,"duration":0.1,"event":"step_end","index":2,"name":"two","state_pa')
+    local r = p:tug({ "resume", id })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.are.same({ "two 2" }, p:trace())
+    assert.are.equal('{"n":2}', (shown_state(p, id)))
+    local journal_lines = lines_of(p:read(".tug/runs/" .. id .. ".jsonl"))
+    assert.matches('"state_pa$', journal_lines[3])  -- the torn line ended where it was torn
+    assert.matches('^{.*"event":"run_resume"', journal_lines[4])
+
+    -- a line lost in the middle: the patches after it cannot be applied
+    local damaged = "20261101T000000-dead"
+    local first, second = head(damaged):match("^([^\n]*)\n(.*)$")
+    p:write(".tug/runs/" .. damaged .. ".jsonl", first .. "\nnot json at all\n" .. second .. "\n")
+    r = p:tug({ "resume", damaged })
+    assert.are.equal(2, r.code)
+    local quoted = damaged:gsub("%p", "%%%0")
+    assert.matches("cannot resume run " .. quoted .. ": its saved state cannot be rebuilt from " ..
+      "%.tug/runs/" .. quoted .. "%.jsonl: line 2 of the journal is not JSON", r.stderr)
+    local state, shown = shown_state(p, damaged)
+    assert.is_nil(state:match("^{"))
+    assert.matches("state: cannot be rebuilt from .*line 2 of the journal is not JSON", shown.stdout)
+  end)
+end)
