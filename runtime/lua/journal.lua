@@ -80,25 +80,30 @@ local function pointer(path, key)
   return path .. "/" .. key:gsub("~", "~0"):gsub("/", "~1")
 end
 
+local math_type, type, next, rawget, rawlen = math.type, type, next, rawget, rawlen
+
 -- Whether a live value that is not a table encodes as the recorded one: 1 and 1.0 are equal
 -- in Lua but not in JSON, and neither are 0.0 and -0.0.
 local function same_scalar(live, recorded)
   if live ~= recorded then return false end
   if type(live) == "number" then
-    return math.type(live) == math.type(recorded) and (live ~= 0 or 1 / live == 1 / recorded)
+    return math_type(live) == math_type(recorded) and (live ~= 0 or 1 / live == 1 / recorded)
   end
   return true
 end
 
 local diff_table
 
-local function diff_value(recorded, live, path, ops)
+-- Appends the ops that turn recorded into live at path/key (key nil: at path). The pointer
+-- is made here, for values that changed or are tables: most values do not change.
+local function diff_value(recorded, live, path, key, ops)
+  local here = key == nil and path or pointer(path, key)
   if type(live) == "table" then
-    if type(recorded) == "table" and diff_table(recorded, live, path, ops) then return end
+    if type(recorded) == "table" and diff_table(recorded, live, here, ops) then return end
   elseif same_scalar(live, recorded) then
     return
   end
-  ops[#ops + 1] = { op = "replace", path = path, value = live }
+  ops[#ops + 1] = { op = "replace", path = here, value = live }
 end
 
 local function drop_from(ops, first)
@@ -108,7 +113,8 @@ end
 -- Appends the ops that turn `recorded` (decoded JSON) into `live`, member by member; false
 -- when they cannot be compared that way (the live table is of another JSON kind, or not
 -- plain data, which encoding the whole value then reports) or when the ops would outnumber
--- the members: the caller replaces the whole value instead.
+-- the members: the caller replaces the whole value instead. This runs after every step
+-- over the whole state, so the common case (a scalar that did not change) is kept short.
 diff_table = function(recorded, live, path, ops)
   local array = debug.getmetatable(recorded) == ARRAY_MT
   local mt = debug.getmetatable(live)
@@ -121,15 +127,16 @@ diff_table = function(recorded, live, path, ops)
   if array then
     local n, had = rawlen(live), rawlen(recorded)
     for k in next, live do
-      if math.type(k) ~= "integer" or k < 1 or k > n then return false end
+      if math_type(k) ~= "integer" or k < 1 or k > n then return false end
       members = members + 1
     end
     if members ~= n then return false end -- holes
     for i = 1, n do
-      if i <= had then
-        diff_value(recorded[i], live[i], pointer(path, i), ops)
-      else
-        ops[#ops + 1] = { op = "add", path = pointer(path, i), value = live[i] }
+      local v = live[i]
+      if i > had then
+        ops[#ops + 1] = { op = "add", path = pointer(path, i), value = v }
+      elseif type(v) == "table" or v ~= recorded[i] or type(v) == "number" then
+        diff_value(recorded[i], v, path, i, ops)
       end
     end
     for i = had, n + 1, -1 do ops[#ops + 1] = { op = "remove", path = pointer(path, i) } end
@@ -143,8 +150,9 @@ diff_table = function(recorded, live, path, ops)
       local was = rawget(recorded, k)
       if was == nil then
         ops[#ops + 1] = { op = "add", path = pointer(path, k), value = v }
-      else
-        diff_value(was, v, pointer(path, k), ops)
+      elseif v ~= was or type(v) == "table"
+          or (type(v) == "number" and (math_type(v) ~= math_type(was) or (v == 0 and 1 / v ~= 1 / was))) then
+        diff_value(was, v, path, k, ops)
       end
     end
     for k in next, recorded do
@@ -163,7 +171,7 @@ end
 -- the patch is what checks they are plain data.
 function M.diff(recorded, live)
   local ops = {}
-  diff_value(recorded, live, "", ops)
+  diff_value(recorded, live, "", nil, ops)
   return ops
 end
 
