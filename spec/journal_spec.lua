@@ -195,3 +195,112 @@ return playbook { steps = {
     assert.matches("state: cannot be rebuilt from .*line 2 of the journal is not JSON", shown.stdout)
   end)
 end)
+
+describe("pruning journals", function()
+  local p
+  before_each(function() p = project.new() end)
+  after_each(function() p:remove() end)
+
+  -- A journal of a run of pb that started at `time` and ended with `status` (nil: it died).
+  local function old_run(id, time, status, extra)
+    local lines = {
+      json.encode({ event = "run_start", run_id = id, playbook = "pb", path = "playbooks/pb.lua", env = "local",
+        params = json.object(), steps = { "a" }, time = time, pid = extra and extra.pid, host = extra and extra.host }),
+    }
+    if status then
+      lines[2] = json.encode({ event = "run_end", run_id = id, playbook = "pb", status = status, time = time })
+    end
+    p:write(".tug/runs/" .. id .. ".jsonl", table.concat(lines, "\n") .. "\n")
+  end
+
+  local function ids(p_)
+    local out = {}
+    for _, e in ipairs(tug.sys.listdir(p_.dir .. "/.tug/runs") or {}) do out[#out + 1] = e.name:match("^(.+)%.jsonl$") end
+    table.sort(out)
+    return out
+  end
+
+  it("keeps the newest N and the unfinished, says what it removed, and removes nothing with --dry-run", function()
+    old_run("20260101T000000-0001", "2026-01-01T00:00:00.000Z", "succeeded")
+    old_run("20260102T000000-0002", "2026-01-02T00:00:00.000Z", "rolled-back")
+    old_run("20260103T000000-0003", "2026-01-03T00:00:00.000Z", nil) -- died: resumable
+    old_run("20260104T000000-0004", "2026-01-04T00:00:00.000Z", "failed")
+    old_run("20260105T000000-0005", "2026-01-05T00:00:00.000Z", "succeeded")
+    local r = p:tug({ "runs", "--prune", "--keep", "2", "--dry-run" })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.matches("would remove  20260102T000000%-0002%s+pb%s+local%s+rolled%-back", r.stdout)
+    assert.matches("would remove  20260101T000000%-0001", r.stdout)
+    assert.matches("kept  20260103T000000%-0003 .*%(unfinished: resume it, or prune it with %-%-unfinished%)", r.stdout)
+    assert.matches("would remove 2 runs of 5 in %.tug/runs", r.stdout)
+    assert.are.equal(5, #ids(p))
+
+    r = p:tug({ "runs", "--prune", "--keep", "2" })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.matches("removed  20260101T000000%-0001", r.stdout)
+    assert.matches("removed 2 runs of 5", r.stdout)
+    assert.are.same({ "20260103T000000-0003", "20260104T000000-0004", "20260105T000000-0005" }, ids(p))
+
+    -- asked to, it removes an unfinished run whose process is gone
+    r = p:tug({ "runs", "--prune", "--keep", "2", "--unfinished" })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.matches("removed  20260103T000000%-0003%s+pb%s+local%s+running", r.stdout)
+    assert.are.same({ "20260104T000000-0004", "20260105T000000-0005" }, ids(p))
+  end)
+
+  it("removes runs older than a duration, never one whose process is still running", function()
+    local recent = time.format(time.now() - 3600, "%Y-%m-%dT%H:%M:%S") .. ".000Z"
+    old_run("20250101T000000-0001", "2025-01-01T00:00:00.000Z", "succeeded")
+    old_run("20250102T000000-0002", "2025-01-02T00:00:00.000Z", nil,
+      { pid = tug.sys.pid(), host = tug.sys.hostname() }) -- this very process: alive
+    old_run("20990101T000000-0003", recent, "succeeded")
+    local r = p:tug({ "runs", "--prune", "--older-than", "30d", "--unfinished" })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.matches("removed 1 run of 3", r.stdout)
+    assert.matches("kept  20250102T000000%-0002", r.stdout)
+    assert.are.same({ "20250102T000000-0002", "20990101T000000-0003" }, ids(p))
+    -- both rules: a run goes when it is past the newest N and older than the age
+    old_run("20250103T000000-0004", "2025-01-03T00:00:00.000Z", "succeeded")
+    r = p:tug({ "runs", "--prune", "--older-than", "30d", "--keep", "3" })
+    assert.matches("removed 0 runs of 3", r.stdout)
+  end)
+
+  it("applies TUG_RETAIN_RUNS and TUG_RETAIN_AGE after each run, and refuses bad settings before running", function()
+    p:write("playbooks/pb.lua", 'return playbook { steps = { step "a" { run = function() end } } }')
+    old_run("20250101T000000-0001", "2025-01-01T00:00:00.000Z", "succeeded")
+    old_run("20250102T000000-0002", "2025-01-02T00:00:00.000Z", nil)
+    local r = p:tug({ "run", "pb" }, { env = { TUG_RETAIN_RUNS = "0" } })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.matches("removed 1 run past the retention", r.stderr)
+    local left = ids(p)
+    assert.are.equal(2, #left) -- the run that just ended, and the unfinished one
+    assert.are.equal("20250102T000000-0002", left[1])
+
+    r = p:tug({ "run", "pb" }, { env = { TUG_RETAIN_AGE = "forever" } })
+    assert.are.equal(2, r.code)
+    assert.matches("TUG_RETAIN_AGE: 'forever' is not a duration", r.stderr)
+    assert.are.equal(2, #ids(p)) -- nothing ran
+    r = p:tug({ "runs", "--prune" }, { env = { TUG_RETAIN_RUNS = "-3" } })
+    assert.are.equal(2, r.code)
+    assert.matches("TUG_RETAIN_RUNS must be a whole number of runs to keep, not '%-3'", r.stderr)
+    old_run("20250103T000000-0003", "2025-01-03T00:00:00.000Z", "succeeded")
+    r = p:tug({ "runs", "--prune" }, { env = { TUG_RETAIN_AGE = "1h" } })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.matches("removed  20250103T000000%-0003", r.stdout)
+    assert.matches("removed 1 run of 3", r.stdout) -- the old unfinished run and the new one stay
+  end)
+
+  it("says how to ask when --prune has no rule, or a prune option comes without --prune", function()
+    local r = p:tug({ "runs", "--prune" })
+    assert.are.equal(2, r.code)
+    assert.matches("needs %-%-keep N or %-%-older%-than DURATION %(or the retention settings TUG_RETAIN_RUNS", r.stderr)
+    r = p:tug({ "runs", "--keep", "3" })
+    assert.are.equal(2, r.code)
+    assert.matches("%-%-keep goes with %-%-prune", r.stderr)
+    r = p:tug({ "runs", "--prune", "--keep", "many" })
+    assert.are.equal(2, r.code)
+    assert.matches("%-%-keep must be a whole number of runs, not 'many'", r.stderr)
+    r = p:tug({ "runs", "--prune", "--older-than", "99999999999999999999h" })
+    assert.are.equal(2, r.code)
+    assert.matches("%-%-older%-than: '99999999999999999999h' is longer than the longest duration", r.stderr)
+  end)
+end)

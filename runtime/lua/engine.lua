@@ -527,7 +527,8 @@ function M.run(opts)
   end
   self:emit({ event = resume and "run_resume" or "run_start", run_id = self.run_id, playbook = pb.name,
     path = pb.path, env = self.env.name, params = self.params, steps = names, plan = self.plan or nil,
-    resumed_from = first_resumed, state = resume and self.recorded or nil })
+    resumed_from = first_resumed, state = resume and self.recorded or nil,
+    pid = not self.plan and tug.sys.pid() or nil, host = not self.plan and tug.sys.hostname() or nil })
   self:sync()
 
   local status, reason = "succeeded", nil
@@ -577,7 +578,15 @@ function M.run(opts)
     duration = time.monotonic() - t0, interrupted = self.interrupted or nil })
   self:sync()
   if not self.plan and self.env.notify then require("notify").flush(30) end
-  if self.journal then self.journal:close() end
+  if self.journal then
+    self.journal:close()
+    -- TUG_RETAIN_RUNS / TUG_RETAIN_AGE: the runs past the retention go (the CLI checked them)
+    local removed = journal.apply_retention(self.run_id)
+    if removed and #removed > 0 then
+      io.stderr:write(string.format("tug: removed %d run%s past the retention (TUG_RETAIN_RUNS, TUG_RETAIN_AGE)\n",
+        #removed, #removed == 1 and "" or "s"))
+    end
+  end
   if held then backend.release(held) end
   tug.on_interrupt(nil)
   M.current = nil

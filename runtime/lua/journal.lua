@@ -271,11 +271,13 @@ function M.summarise(events)
   local run = { steps = {}, undone = {} }
   local current = json.object() -- the state as the events so far recorded it
   for _, e in ipairs(events) do
+    run.last = e.time or run.last
     if e.event == "run_start" or e.event == "run_resume" then
       run.run_id, run.playbook, run.path = e.run_id, e.playbook, e.path
       run.env, run.params, run.started = e.env, e.params, run.started or e.time
       run.step_names = e.steps or run.step_names
       run.status = "running"
+      run.pid, run.host = e.pid, e.host
       if e.state ~= nil then current = advance(run, current, e) end
     elseif e.event == "step_end" then
       run.steps[e.index] = e
@@ -310,6 +312,95 @@ function M.list()
   end
   table.sort(runs, function(a, b) return (a.started or "") > (b.started or "") end)
   return runs
+end
+
+-- ---- retention ----
+
+-- Seconds since the epoch of an event time ("2026-11-28T22:30:00.123Z", always UTC).
+local function epoch(stamp)
+  local y, mo, d, h, mi, sec = tostring(stamp):match("^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)")
+  if not y then return nil end
+  y, mo = tonumber(y), tonumber(mo)
+  -- days from 1970-01-01 to y-mo-d (Howard Hinnant's days_from_civil)
+  if mo <= 2 then y = y - 1 end
+  local era = y // 400
+  local yoe = y - era * 400
+  local doy = (153 * (mo > 2 and mo - 3 or mo + 9) + 2) // 5 + tonumber(d) - 1
+  local days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+  return days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec)
+end
+
+-- The retention settings TUG_RETAIN_RUNS (keep the newest N runs) and TUG_RETAIN_AGE (keep
+-- runs that ended within a duration): { keep = N, older_than = seconds }, nil when neither
+-- is set, or nil and a message naming the variable.
+function M.retention_from_env()
+  local keep, age = os.getenv("TUG_RETAIN_RUNS"), os.getenv("TUG_RETAIN_AGE")
+  keep = keep ~= "" and keep or nil
+  age = age ~= "" and age or nil
+  if not keep and not age then return nil end
+  local rules = {}
+  if keep then
+    rules.keep = math.tointeger(tonumber(keep))
+    if not rules.keep or rules.keep < 0 then
+      return nil, "TUG_RETAIN_RUNS must be a whole number of runs to keep, not '" .. keep .. "'"
+    end
+  end
+  if age then
+    local err
+    rules.older_than, err = time.parse_duration(age)
+    if not rules.older_than then return nil, "TUG_RETAIN_AGE: " .. err end
+  end
+  return rules
+end
+
+-- Decides which runs to remove: rules { keep = N, older_than = seconds, unfinished = bool,
+-- now = epoch }. A run is removed when it is not among the newest `keep` runs and it ended
+-- longer than `older_than` ago (each rule that is given must agree). A run that has not
+-- ended (running, or died and resumable) is kept unless rules.unfinished, and one whose
+-- process is alive on this host is always kept; so is rules.except (a run id). Returns { remove = { run... },
+-- kept_unfinished = { run... } }; each run as journal.list gives it.
+function M.select_prune(runs, rules)
+  local now = rules.now or time.now()
+  local host = tug.sys.hostname()
+  local out = { remove = {}, kept_unfinished = {} }
+  for i, run in ipairs(runs) do
+    if run.run_id == rules.except then goto next_run end
+    local beyond_count = rules.keep == nil or i > rules.keep
+    local when = epoch(run.ended or run.last or run.started)
+    local old_enough = rules.older_than == nil or (when ~= nil and now - when > rules.older_than)
+    if beyond_count and old_enough then
+      if run.status ~= "running" then
+        out.remove[#out.remove + 1] = run
+      elseif rules.unfinished and not (run.host == host and run.pid and tug.sys.pid_alive(run.pid)) then
+        out.remove[#out.remove + 1] = run
+      else
+        out.kept_unfinished[#out.kept_unfinished + 1] = run
+      end
+    end
+    ::next_run::
+  end
+  return out
+end
+
+-- After a run: removes the runs past the retention settings (never `run_id`, never an
+-- unfinished run). Returns the removed runs, or nil and a message.
+function M.apply_retention(run_id)
+  local rules, err = M.retention_from_env()
+  if not rules then return nil, err end
+  rules.except = run_id
+  local removed = {}
+  for _, run in ipairs(M.select_prune(M.list(), rules).remove) do
+    if M.remove(run.run_id) then removed[#removed + 1] = run end
+  end
+  return removed
+end
+
+-- Removes a run's journal.
+function M.remove(run_id)
+  local path = M.dir() .. "/" .. run_id .. ".jsonl"
+  local ok, err = os.remove(path)
+  if not ok then return nil, err end
+  return true
 end
 
 return M
