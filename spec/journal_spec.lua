@@ -289,6 +289,13 @@ describe("pruning journals", function()
     assert.matches("removed 1 run of 3", r.stdout) -- the old unfinished run and the new one stay
   end)
 
+  it("is in tug help", function()
+    local r = p:tug({ "help" })
+    for _, want in ipairs({ "--prune", "--keep N", "--older-than D", "--unfinished", "--dry-run", "TUG_RETAIN_RUNS" }) do
+      assert.is_truthy(r.stdout:find(want, 1, true), want)
+    end
+  end)
+
   it("says how to ask when --prune has no rule, or a prune option comes without --prune", function()
     local r = p:tug({ "runs", "--prune" })
     assert.are.equal(2, r.code)
