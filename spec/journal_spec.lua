@@ -133,6 +133,29 @@ return playbook { steps = {
     assert.are.equal('{"checked":true,"deployed":"v2"}', (shown_state(p, run_id)))
   end)
 
+  it("fails a step or an undo that leaves something other than plain data in ctx.state, and stays readable", function()
+    p:write("playbooks/pb.lua", [[
+return playbook { steps = {
+  step "a" { run = function(ctx) ctx.state.version = "v2" end,
+    undo = function(ctx) ctx.state.callback = function() end end },
+  step "b" { run = function(ctx) ctx.state.conn = io.stdout end },
+} }]])
+    local r = p:tug({ "run", "pb", "--output", "json" })
+    assert.are.equal(5, r.code, r.stderr) -- b failed, and a's undo failed too
+    local b = output_events(r.stdout, "step_end")[2]
+    assert.are.equal("failed", b.status)
+    assert.matches("ctx.state must hold plain data %(it is saved to the journal%): cannot encode a userdata at state.conn",
+      b.error)
+    assert.are.same({ version = "v2" }, b.state) -- as last recorded
+    local undo = output_events(r.stdout, "undo_end")[1]
+    assert.are.equal("failed", undo.status)
+    assert.matches("cannot encode a function at state.callback", undo.error)
+    local run_end = output_events(r.stdout, "run_end")[1]
+    assert.are.equal("rollback-failed", run_end.status)
+    local _, run_id = p:journal()
+    assert.are.equal('{"version":"v2"}', (shown_state(p, run_id)))
+  end)
+
   it("reads and resumes a journal written before patches, with the whole state on each step_end", function()
     p:write("playbooks/pb.lua", TRACE .. [[
 return playbook { steps = {
@@ -309,5 +332,58 @@ describe("pruning journals", function()
     r = p:tug({ "runs", "--prune", "--older-than", "99999999999999999999h" })
     assert.are.equal(2, r.code)
     assert.matches("%-%-older%-than: '99999999999999999999h' is longer than the longest duration", r.stderr)
+  end)
+end)
+
+describe("the journal over kill -9", function()
+  local p
+  before_each(function() p = project.new() end)
+  after_each(function() p:remove() end)
+
+  it("ends every run killed at random points, once resumed, with the state of a run never killed", function()
+    local steps = {}
+    for i = 1, 100 do
+      steps[i] = string.format([[  step "s%d" { run = function(ctx)
+    local s = ctx.state
+    s.n = (s.n or 0) + 1
+    s.items = s.items or {}
+    s.items[#s.items + 1] = %d
+    s.map = s.map or {}
+    s.map["k%d"] = { i = %d, half = %d / 2 }
+    if %d %% 10 == 0 then s.map["k%d"] = nil; table.remove(s.items, 1) end
+    task.sleep(0.002)
+  end },]], i, i, i, i, i, i, i - 5)
+    end
+    p:write("playbooks/pb.lua", "return playbook { steps = {\n" .. table.concat(steps, "\n") .. "\n} }")
+    local clean = p:tug({ "run", "pb" })
+    assert.are.equal(0, clean.code, clean.stderr)
+    local _, clean_id = p:journal()
+    local want = shown_state(p, clean_id)
+    exec.run({ "rm", "-rf", p.dir .. "/.tug" })
+
+    math.randomseed(os.time())
+    local proc = p:spawn({ "run", "pb" })
+    task.sleep(0.05 + math.random() * 0.2)
+    proc:kill("KILL")
+    proc:wait()
+    local _, run_id = p:journal()
+    local kills, status = 1, "running"
+    while status == "running" do
+      proc = p:spawn({ "resume", run_id })
+      task.sleep(0.05 + math.random() * 0.2)
+      proc:kill("KILL")
+      local r = proc:wait()
+      -- killed, or it finished first
+      assert.is_true(r.signal == "KILL" or r.code == 0, "resume " .. kills .. ": " .. tostring(r.code) .. " " .. r.stderr)
+      kills = kills + 1
+      local shown = p:tug({ "show", run_id })
+      assert.are.equal(0, shown.code, shown.stderr)
+      assert.is_nil(shown.stdout:find("cannot be rebuilt", 1, true), shown.stdout)
+      status = shown.stdout:match("^run %S+: pb on local: (%S+)")
+      assert.is_true(kills < 100, "never finished")
+    end
+    assert.are.equal("succeeded", status)
+    assert.is_true(kills > 1, "the run was never resumed")
+    assert.are.equal(want, (shown_state(p, run_id)))
   end)
 end)
