@@ -219,6 +219,67 @@ return playbook { steps = {
   end)
 end)
 
+describe("journal.diff and journal.apply_patch", function()
+  local journal = require("tug.journal")
+
+  -- A random plain value, a few levels deep.
+  local function random_value(depth)
+    local kind = math.random(depth > 2 and 5 or 8)
+    if kind == 1 then return math.random(-3, 3) end
+    if kind == 2 then return math.random(-3, 3) + 0.5 end
+    if kind == 3 then return ({ "a", "b/c", "d~e", "" })[math.random(4)] end
+    if kind == 4 then return math.random(2) == 1 end
+    if kind == 5 then return json.null end
+    local t = {}
+    if kind == 6 then
+      for i = 1, math.random(0, 4) do t[i] = random_value(depth + 1) end
+    else
+      for _ = 1, math.random(0, 4) do t[({ "x", "y", "z", "w/v", "~" })[math.random(5)]] = random_value(depth + 1) end
+    end
+    return t
+  end
+
+  -- Changes one place in t at random: sets, removes, appends, shifts an array.
+  local function mutate(t, depth)
+    local keys = {}
+    for k in pairs(t) do keys[#keys + 1] = k end
+    local array = #t > 0
+    local k = keys[math.random(math.max(#keys, 1))]
+    local action = math.random(6)
+    if k ~= nil and type(t[k]) == "table" and action <= 3 and depth < 4 then return mutate(t[k], depth + 1) end
+    if array then
+      if action == 4 then table.remove(t, math.random(#t)) elseif action == 5 then t[#t + 1] = random_value(depth)
+      else t[math.random(#t)] = random_value(depth) end
+    elseif action == 4 and k ~= nil then
+      t[k] = nil
+    else
+      t[({ "x", "y", "z", "w/v", "~", "n" })[math.random(6)]] = random_value(depth)
+    end
+  end
+
+  it("rebuild exactly what encoding the live state gives, over thousands of random changes", function()
+    math.randomseed(7)
+    local live = { root = random_value(0), list = { 1, 2, 3 } }
+    local recorded = json.decode(json.encode(live))
+    for round = 1, 3000 do
+      for _ = 1, math.random(3) do mutate(live, 0) end
+      if round % 500 == 0 then live.root = random_value(0) end
+      local text = json.encode(journal.diff(recorded, live))
+      recorded = journal.apply_patch(recorded, json.decode(text))
+      assert.are.equal(json.encode(live), json.encode(recorded), "round " .. round .. ": " .. text)
+    end
+  end)
+
+  it("names an op that does not fit the state", function()
+    local ok, err = pcall(journal.apply_patch, json.decode('{"a":1}'), { { op = "replace", path = "/b/c", value = 1 } })
+    assert.is_false(ok)
+    assert.matches("no /b/c in the state", err)
+    ok, err = pcall(journal.apply_patch, json.decode('{"a":[1]}'), { { op = "add", path = "/a/x", value = 1 } })
+    assert.is_false(ok)
+    assert.matches("'x' is not an array index", err)
+  end)
+end)
+
 describe("pruning journals", function()
   local p
   before_each(function() p = project.new() end)

@@ -106,6 +106,20 @@ local function diff_value(recorded, live, path, key, ops)
   ops[#ops + 1] = { op = "replace", path = here, value = live }
 end
 
+-- How many members each recorded object has, kept by apply_patch, so that the diff knows
+-- without a second pass whether a member was removed (weak: the tables come and go).
+local member_count = setmetatable({}, { __mode = "k" })
+
+local function count_members(t)
+  local n = member_count[t]
+  if n == nil then
+    n = 0
+    for _ in next, t do n = n + 1 end
+    member_count[t] = n
+  end
+  return n
+end
+
 local function drop_from(ops, first)
   for i = #ops, first, -1 do ops[i] = nil end
 end
@@ -141,6 +155,7 @@ diff_table = function(recorded, live, path, ops)
     end
     for i = had, n + 1, -1 do ops[#ops + 1] = { op = "remove", path = pointer(path, i) } end
   else
+    local added = 0
     for k, v in next, live do
       if type(k) ~= "string" then
         drop_from(ops, first)
@@ -149,14 +164,17 @@ diff_table = function(recorded, live, path, ops)
       members = members + 1
       local was = rawget(recorded, k)
       if was == nil then
+        added = added + 1
         ops[#ops + 1] = { op = "add", path = pointer(path, k), value = v }
       elseif v ~= was or type(v) == "table"
           or (type(v) == "number" and (math_type(v) ~= math_type(was) or (v == 0 and 1 / v ~= 1 / was))) then
         diff_value(was, v, path, k, ops)
       end
     end
-    for k in next, recorded do
-      if rawget(live, k) == nil then ops[#ops + 1] = { op = "remove", path = pointer(path, k) } end
+    if members - added < count_members(recorded) then -- some recorded member is gone
+      for k in next, recorded do
+        if rawget(live, k) == nil then ops[#ops + 1] = { op = "remove", path = pointer(path, k) } end
+      end
     end
   end
   if #ops - first + 1 > math.max(members, 1) then
@@ -205,8 +223,14 @@ function M.apply_patch(state, ops)
       end
       local key = pointer_key(parent, segments[#segments])
       local array = math.type(key) == "integer"
+      local count = not array and member_count[parent]
       if op.op == "add" then
-        if array then table.insert(parent, key, op.value) else parent[key] = op.value end
+        if array then
+          table.insert(parent, key, op.value)
+        else
+          if count and parent[key] == nil then member_count[parent] = count + 1 end
+          parent[key] = op.value
+        end
       elseif op.op == "replace" or op.op == "remove" then
         if parent[key] == nil then error("no " .. path .. " in the state to " .. op.op, 0) end
         if op.op == "replace" then
@@ -214,6 +238,7 @@ function M.apply_patch(state, ops)
         elseif array then
           table.remove(parent, key)
         else
+          if count then member_count[parent] = count - 1 end
           parent[key] = nil
         end
       else
