@@ -143,9 +143,9 @@ function Run:state_change()
 end
 
 -- Emits a step_end or undo_end with the state: the whole of it to the reporter, the change
--- to the journal. A state that is not plain data is not recorded: the event carries the
--- state as last recorded, and the step or undo fails with `problem` (the message).
--- ops and text: the change when the caller just took it.
+-- to the journal (ops and text: the change, when the caller just took it). A state that is
+-- not plain data is not recorded: the event carries the state as last recorded, the step
+-- or undo fails with the message, and this returns false and the message.
 function Run:emit_with_state(event, ops, text)
   if not ops then ops, text = self:state_change() end
   if ops then
@@ -371,7 +371,7 @@ function Run:run_step(index, step)
     ok, err = self:call(step.run, step.timeout)
     if ok then
       ops, ops_text = self:state_change()
-      ok, err = ops ~= nil, ops_text
+      if not ops then ok, err = false, ops_text end
     end
     if ok or self.interrupted or attempts > step.retries then break end
     local delay = step.retry_delay * step.backoff ^ (attempts - 1)
