@@ -424,7 +424,11 @@ describe("the journal over kill -9", function()
 
     math.randomseed(os.time())
     local proc = p:spawn({ "run", "pb" })
-    task.sleep(0.05 + math.random() * 0.2)
+    assert.is_true(project.wait_for(function() -- a step ended: the run has a journal to resume
+      local runs = tug.sys.listdir(p.dir .. "/.tug/runs") or {}
+      return runs[1] and (p:read(".tug/runs/" .. runs[1].name) or ""):find('"event":"step_end"', 1, true)
+    end))
+    task.sleep(math.random() * 0.1)
     proc:kill("KILL")
     proc:wait()
     local _, run_id = p:journal()
