@@ -137,7 +137,7 @@ return playbook { steps = {
     p:write("playbooks/pb.lua", [[
 return playbook { steps = {
   step "a" { run = function(ctx) ctx.state.version = "v2" end,
-    undo = function(ctx) ctx.state.callback = function() end end },
+    undo = function(ctx) ctx.state.conn = nil; ctx.state.callback = function() end end },
   step "b" { run = function(ctx) ctx.state.conn = io.stdout end },
 } }]])
     local r = p:tug({ "run", "pb", "--output", "json" })
