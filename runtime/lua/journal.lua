@@ -140,35 +140,48 @@ diff_table = function(recorded, live, path, ops)
   local first, members = #ops + 1, 0
   if array then
     local n, had = rawlen(live), rawlen(recorded)
-    for k in next, live do
-      if math_type(k) ~= "integer" or k < 1 or k > n then return false end
-      members = members + 1
-    end
-    if members ~= n then return false end -- holes
+    for _ in next, live do members = members + 1 end
+    -- n members, and 1..n all present (below): no other keys, no holes
+    if members ~= n then return false end
     for i = 1, n do
       local v = live[i]
-      if i > had then
+      if v == nil then
+        drop_from(ops, first)
+        return false
+      elseif i > had then
         ops[#ops + 1] = { op = "add", path = pointer(path, i), value = v }
-      elseif type(v) == "table" or v ~= recorded[i] or type(v) == "number" then
-        diff_value(recorded[i], v, path, i, ops)
+      else
+        local was = recorded[i]
+        if v ~= was then
+          diff_value(was, v, path, i, ops)
+        else
+          local number = math_type(v)
+          if number and (number ~= math_type(was) or (v == 0 and 1 / v ~= 1 / was)) then
+            diff_value(was, v, path, i, ops)
+          end
+        end
       end
     end
     for i = had, n + 1, -1 do ops[#ops + 1] = { op = "remove", path = pointer(path, i) } end
   else
     local added = 0
     for k, v in next, live do
-      if type(k) ~= "string" then
-        drop_from(ops, first)
-        return false
-      end
       members = members + 1
-      local was = rawget(recorded, k)
+      local was = recorded[k] -- recorded tables carry only the json markers: no __index
       if was == nil then
+        if type(k) ~= "string" then -- a recorded object's keys are all strings
+          drop_from(ops, first)
+          return false
+        end
         added = added + 1
         ops[#ops + 1] = { op = "add", path = pointer(path, k), value = v }
-      elseif v ~= was or type(v) == "table"
-          or (type(v) == "number" and (math_type(v) ~= math_type(was) or (v == 0 and 1 / v ~= 1 / was))) then
-        diff_value(was, v, path, k, ops)
+      elseif v ~= was then
+        diff_value(was, v, path, k, ops) -- a table (never the recorded one) or a new value
+      else
+        local number = math_type(v) -- equal numbers may still differ in JSON: 1 and 1.0, 0.0 and -0.0
+        if number and (number ~= math_type(was) or (v == 0 and 1 / v ~= 1 / was)) then
+          diff_value(was, v, path, k, ops)
+        end
       end
     end
     if members - added < count_members(recorded) then -- some recorded member is gone
