@@ -433,9 +433,16 @@ describe("the journal over kill -9", function()
     proc:wait()
     local _, run_id = p:journal()
     local kills, status = 1, "running"
+    local path = ".tug/runs/" .. run_id .. ".jsonl"
     while status == "running" do
+      local size = #p:read(path)
       proc = p:spawn({ "resume", run_id })
-      task.sleep(0.05 + math.random() * 0.2)
+      -- kill it once it has done something (a step, or the end), at a random point after
+      assert.is_true(project.wait_for(function()
+        local text = p:read(path)
+        return text:find('"event":"step_end"', size + 1, true) or text:find('"event":"run_end"', size + 1, true)
+      end, 60))
+      task.sleep(math.random() * 0.1)
       proc:kill("KILL")
       local r = proc:wait()
       -- killed, or it finished first
