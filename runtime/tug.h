@@ -95,11 +95,19 @@ void tug_plan_record(lua_State *L, const char *module, const char *summary, cons
 
 /* ---- durations (runtime/duration.c) ---- */
 
+/* The longest duration tug accepts: 100 years (876000h). Longer ones are mistakes, and
+   they would overflow the nanosecond deadlines of timers (uint64 from boot). */
+#define TUG_DURATION_MAX 3153600000.0
+#define TUG_DURATION_MAX_TEXT "876000h (100 years)"
+
 /* Parses "1m30s", "500ms", "2h", "1.5s", "1d" or a plain number of seconds.
-   Returns 0 and sets *seconds, or -1 when the text is not a duration. */
+   Returns 0 and sets *seconds, -1 when the text is not a duration, or -2 when it is
+   longer than TUG_DURATION_MAX. */
 int tug_parse_duration(const char *s, double *seconds);
-/* The argument at idx as seconds: a non-negative number or a duration string;
-   raises an argument error otherwise. */
+/* Pushes the message for a duration that tug_parse_duration refused with `code`. */
+const char *tug_duration_error(lua_State *L, const char *text, int code);
+/* The argument at idx as seconds: a number from 0 to TUG_DURATION_MAX or a duration
+   string; raises an argument error otherwise. */
 double tug_check_seconds(lua_State *L, int idx);
 
 /* ---- redaction (runtime/redact.c) ---- */

@@ -10,16 +10,10 @@ local function events_of(events, kind)
 end
 
 -- A playbook whose steps append their name to trace.txt, and whose undos append undo:NAME.
-local TRACE = [[
-local function trace(word)
-  local f = io.open("trace.txt", "a"); f:write(word, "\n"); f:close()
-end
-]]
+local TRACE = project.TRACE
 
 local function read_trace(p)
-  local out = {}
-  for line in (p:read("trace.txt") or ""):gmatch("[^\n]+") do out[#out + 1] = line end
-  return out
+  return p:trace()
 end
 
 describe("tug run", function()
@@ -46,7 +40,9 @@ return playbook {
     assert.are.equal("local", events[1].env)
     local ends = events_of(events, "step_end")
     assert.are.equal(2, #ends)
-    assert.are.equal("v1.0.0", ends[1].state.version)
+    -- the journal records what each step changed in ctx.state (spec/journal_spec.lua)
+    assert.are.same({ { op = "add", path = "/version", value = "v1.0.0" } }, ends[1].state_patch)
+    assert.is_nil(ends[2].state_patch)
     assert.are.equal("succeeded", events_of(events, "run_end")[1].status)
     assert.matches("deploy%-app: succeeded", r.stdout)
   end)
@@ -114,7 +110,7 @@ return playbook { steps = {
     assert.are.equal(0.1, retries[2].delay)
     local step_end = events_of(events, "step_end")[1]
     assert.are.equal(3, step_end.attempts)
-    assert.are.equal(3, step_end.state.tries)
+    assert.are.same({ { op = "add", path = "/tries", value = 3 } }, step_end.state_patch)
   end)
 
   it("fails a step that runs past its timeout, and rolls back", function()

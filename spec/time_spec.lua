@@ -17,6 +17,26 @@ describe("time", function()
     end
   end)
 
+  it("refuses durations longer than 876000h (100 years), which would overflow timers", function()
+    assert.are.equal(3153600000, time.parse_duration("876000h"))
+    for _, long in ipairs({ "99999999999999999999h", "876000h1s", "1e300", "1e308h1e308h", "4000000000" }) do
+      local v, err = time.parse_duration(long)
+      assert.is_nil(v, long)
+      assert.matches("is longer than the longest duration, 876000h %(100 years%)", err)
+    end
+    for _, bad in ipairs({ -1, 0 / 0, math.huge, -math.huge, 1e300 }) do
+      local v, err = time.parse_duration(bad)
+      assert.is_nil(v, tostring(bad))
+      assert.matches("seconds is not a duration %(from 0 to 876000h", err)
+    end
+    local ok, err = pcall(task.sleep, "99999999999999999999h")
+    assert.is_false(ok)
+    assert.matches("is longer than the longest duration", err)
+    ok, err = pcall(task.timeout, 1e20, function() end)
+    assert.is_false(ok)
+    assert.matches("seconds must be a number from 0 to 876000h", err)
+  end)
+
   it("formats durations for people", function()
     assert.are.equal("1m30.5s", time.format_duration(90.5))
     assert.are.equal("2h", time.format_duration(7200))

@@ -28,14 +28,22 @@ static int time_monotonic(lua_State *L) {
 
 static int time_parse_duration(lua_State *L) {
   if (lua_type(L, 1) == LUA_TNUMBER) {
-    lua_settop(L, 1);
-    return 1;
+    double n = lua_tonumber(L, 1);
+    if (n >= 0 && n <= TUG_DURATION_MAX) {
+      lua_settop(L, 1);
+      return 1;
+    }
+    luaL_pushfail(L);
+    lua_pushfstring(L, "%s seconds is not a duration (from 0 to " TUG_DURATION_MAX_TEXT ")",
+                    isnan(n) ? "NaN" : lua_tostring(L, 1));
+    return 2;
   }
   const char *text = luaL_checkstring(L, 1);
   double seconds;
-  if (tug_parse_duration(text, &seconds) != 0) {
+  int code = tug_parse_duration(text, &seconds);
+  if (code != 0) {
     luaL_pushfail(L);
-    lua_pushfstring(L, "'%s' is not a duration (try \"30s\", \"1m30s\", \"500ms\", \"2h\")", text);
+    tug_duration_error(L, text, code);
     return 2;
   }
   if (seconds == floor(seconds) && seconds < 9e15)

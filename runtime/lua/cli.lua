@@ -35,7 +35,7 @@ local FLAGS = {
   list = { playbooks = true },
   describe = { playbooks = true },
   check = { playbooks = true },
-  runs = {},
+  runs = { prune = false, keep = true, ["older-than"] = true, ["dry-run"] = false, unfinished = false },
   show = {},
   help = { man = false },
   completion = {},
@@ -294,6 +294,8 @@ local function cmd_run(flags, params, rest, plan)
   if rest[2] then return usage("unexpected '%s' (params are key=value)", rest[2]) end
   local pb, err = find(flags, rest[1])
   if not pb then return usage("%s", err) end
+  local _, retention_err = journal.retention_from_env()
+  if retention_err then return usage("%s", retention_err) end
   local values, errors = playbooks.parse_params(pb, params)
   if not values then
     for _, e in ipairs(errors) do complain("%s", e) end
@@ -330,11 +332,16 @@ end
 local function cmd_resume(flags, _, rest)
   local id = rest[1]
   if not id then return usage("'tug resume' needs a run id (see 'tug runs')") end
-  local events, err = journal.read(id)
-  if not events then return usage("%s ('tug runs' lists them)", err) end
+  local events, path = journal.read(id)
+  if not events then return usage("%s ('tug runs' lists them)", path) end
+  local _, retention_err = journal.retention_from_env()
+  if retention_err then return usage("%s", retention_err) end
   local run = journal.summarise(events)
   if run.status ~= "running" then
     return usage("run %s already ended: %s%s", id, tostring(run.status), run.reason and (" (" .. run.reason .. ")") or "")
+  end
+  if run.state_broken then
+    return usage("cannot resume run %s: its saved state cannot be rebuilt from %s: %s", id, path, run.state_broken)
   end
   local pb, perr = playbooks.load(run.path)
   if not pb then
@@ -357,21 +364,79 @@ end
 
 -- ---- runs, show ----
 
-local function cmd_runs()
+local function run_line(r)
+  return string.format("%-22s  %-20s  %-12s  %-16s  %s", r.run_id, tostring(r.playbook), tostring(r.env),
+    tostring(r.status), r.started and r.started:sub(1, 19):gsub("T", " ") or "")
+end
+
+-- tug runs --prune [--keep N] [--older-than DURATION] [--unfinished] [--dry-run]; without
+-- --keep or --older-than, the retention settings TUG_RETAIN_RUNS and TUG_RETAIN_AGE.
+local function cmd_prune(flags)
+  local rules
+  if flags.keep or flags["older-than"] then
+    rules = {}
+    if flags.keep then
+      rules.keep = math.tointeger(tonumber(flags.keep))
+      if not rules.keep or rules.keep < 0 then
+        return usage("--keep must be a whole number of runs, not '%s'", flags.keep)
+      end
+    end
+    if flags["older-than"] then
+      local err
+      rules.older_than, err = time.parse_duration(flags["older-than"])
+      if not rules.older_than then return usage("--older-than: %s", err) end
+    end
+  else
+    local err
+    rules, err = journal.retention_from_env()
+    if not rules then
+      return usage("%s", err or "'tug runs --prune' needs --keep N or --older-than DURATION " ..
+        "(or the retention settings TUG_RETAIN_RUNS and TUG_RETAIN_AGE)")
+    end
+  end
+  rules.unfinished = flags.unfinished
+  local runs = journal.list()
+  local chosen = journal.select_prune(runs, rules)
+  local removed = 0
+  for _, r in ipairs(chosen.remove) do
+    if flags["dry-run"] then
+      say("would remove  %s", run_line(r))
+    else
+      local ok, err = journal.remove(r.run_id)
+      if ok then
+        removed = removed + 1
+        say("removed  %s", run_line(r))
+      else
+        complain("cannot remove run %s: %s", r.run_id, err)
+      end
+    end
+  end
+  for _, r in ipairs(chosen.kept_unfinished) do
+    say("kept  %s  (unfinished: resume it, or prune it with --unfinished)", run_line(r))
+  end
+  local count = flags["dry-run"] and #chosen.remove or removed
+  say("%s %d run%s of %d in %s", flags["dry-run"] and "would remove" or "removed", count, count == 1 and "" or "s",
+    #runs, journal.dir())
+  return (flags["dry-run"] or removed == #chosen.remove) and EXIT.ok or EXIT.failed
+end
+
+local function cmd_runs(flags, _, rest)
+  if rest[1] then return usage("unexpected '%s' ('tug runs' takes no run id; see 'tug show')", rest[1]) end
+  if flags.prune then return cmd_prune(flags) end
+  for _, name in ipairs({ "keep", "older-than", "dry-run", "unfinished" }) do
+    if flags[name] then return usage("--%s goes with --prune", name) end
+  end
   local runs = journal.list()
   if #runs == 0 then say("no runs in %s", journal.dir()) return EXIT.ok end
-  for _, r in ipairs(runs) do
-    say("%-22s  %-20s  %-12s  %-16s  %s", r.run_id, tostring(r.playbook), tostring(r.env), tostring(r.status),
-      r.started and r.started:sub(1, 19):gsub("T", " ") or "")
-  end
+  for _, r in ipairs(runs) do say("%s", run_line(r)) end
   return EXIT.ok
 end
 
 local function cmd_show(_, _, rest)
   local id = rest[1]
   if not id then return usage("'tug show' needs a run id (see 'tug runs')") end
-  local events, err = journal.read(id)
-  if not events then return usage("%s ('tug runs' lists them)", err) end
+  local events, path = journal.read(id)
+  if not events then return usage("%s ('tug runs' lists them)", path) end
   local run = journal.summarise(events)
   say("run %s: %s on %s: %s%s", id, tostring(run.playbook), tostring(run.env), tostring(run.status),
     run.reason and (" (" .. run.reason .. ")") or "")
@@ -388,7 +453,11 @@ local function cmd_show(_, _, rest)
   for _, e in ipairs(events) do
     if e.event == "decision" then say("  decision: %s -> %s", e.question, e.answer) end
   end
-  if run.state then say("state: %s", json.encode(run.state)) end
+  if run.state_broken then
+    say("state: cannot be rebuilt from %s: %s", path, run.state_broken)
+  elseif run.state then
+    say("state: %s", json.encode(run.state))
+  end
   return EXIT.ok
 end
 

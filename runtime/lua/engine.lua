@@ -87,18 +87,39 @@ local function timestamp()
   return string.format("%s.%03dZ", stamp_prefix, math.floor((now - second) * 1000))
 end
 
--- Each event is encoded once, for the journal and for --output json alike. Durations are
--- kept to the microsecond: finer is noise.
+-- Each event is encoded once, for the journal and for --output json alike, but for the
+-- state: --output json shows the whole ctx.state on every step_end and undo_end, and the
+-- journal records what changed (journal.lua), so a state that grows by a key a step costs
+-- a line a step, not the whole state again. The whole-state line is encoded only for a
+-- reporter that prints lines. Durations are kept to the microsecond: finer is noise.
 local RUN_EVENTS = { run_start = true, run_resume = true, run_end = true }
 
-function Run:emit(event)
+local function encode(event)
+  return log.redact(json.encode(event))
+end
+
+-- Emits an event. An event with `state` goes to the journal with `state_patch` (the ops,
+-- when there are any) in its place.
+function Run:emit(event, state_patch)
   event.time = timestamp()
   if event.duration then event.duration = math.floor(event.duration * 1e6 + 0.5) / 1e6 end
   -- Masked twice: each string before encoding (a secret escaped once already, say in a
   -- response body quoted by an error, would be escaped again), then the encoded line.
   local shown = log.redact(event)
-  local line = log.redact(json.encode(shown))
-  if self.journal then self.journal:write_line(line) end
+  local stored = shown.state ~= nil and shown.event ~= "run_resume"
+  local line
+  if not stored or self.reporter.lines ~= false then line = encode(shown) end
+  if self.journal then
+    if stored then
+      local record = {}
+      for k, v in pairs(shown) do record[k] = v end
+      record.state = nil
+      record.state_patch = state_patch and #state_patch > 0 and log.redact(state_patch) or nil
+      self.journal:write_line(encode(record))
+    else
+      self.journal:write_line(line)
+    end
+  end
   self.reporter.event(shown, line)
   -- channels in the environment's notify: section hear when a run starts and ends; what
   -- tug tells a chat channel or a pager is output too, so it gets the masked event
@@ -112,14 +133,36 @@ function Run:sync()
   if self.journal then self.journal:sync() end
 end
 
--- Checks that state is plain data (it goes to the journal).
-local function check_state(state)
-  local ok, err = pcall(json.encode, state)
-  if not ok then
-    return nil, "ctx.state must hold plain data (it is saved to the journal): " ..
-      tostring(err):gsub("^json%.encode: ", ""):gsub("%$", "state", 1)
+-- What changed in ctx.state since the journal last recorded it: the patch's ops and their
+-- JSON, or nil and a message when the state is not plain data (it goes to the journal).
+function Run:state_change()
+  local ops = journal.diff(self.recorded, self.ctx.state)
+  local ok, text = pcall(json.encode, ops)
+  if ok then return ops, text end
+  -- name the value as the whole state would (the failure path only: this costs the state)
+  local _, err = pcall(json.encode, self.ctx.state)
+  return nil, "ctx.state must hold plain data (it is saved to the journal): " ..
+    tostring(err or text):gsub("^json%.encode: ", ""):gsub("%$", "state", 1)
+end
+
+-- Emits a step_end or undo_end with the state: the whole of it to the reporter, the change
+-- to the journal (ops and text: the change, when the caller just took it). A state that is
+-- not plain data is not recorded: the event carries the state as last recorded, the step
+-- or undo fails with the message, and this returns false and the message.
+function Run:emit_with_state(event, ops, text)
+  if not ops then ops, text = self:state_change() end
+  if ops then
+    event.state = self.ctx.state
+    self:emit(event, ops)
+    -- the journal's reader applies the decoded patch; so does the run, to stay in step
+    if #ops > 0 then self.recorded = journal.apply_patch(self.recorded, json.decode(text)) end
+    return true
   end
-  return true
+  event.state = self.recorded
+  if event.status == "ok" then event.status = "failed" end
+  event.error = (event.error and event.error ~= text) and (event.error .. "; " .. text) or text
+  self:emit(event)
+  return false, text
 end
 
 local function error_text(err)
@@ -307,18 +350,18 @@ function Run:run_step(index, step)
     if not ok then return false, "its when() failed: " .. error_text(go) end
     if not go then
       self:emit({ event = "step_skip", index = index, name = step.name, reason = "when() is false" })
-      self:emit({ event = "step_end", index = index, name = step.name, status = "skipped", state = ctx.state })
+      local recorded, err = self:emit_with_state({ event = "step_end", index = index, name = step.name, status = "skipped" })
       self:sync()
-      return true, nil, true
+      return recorded, err, recorded
     end
   end
   local gate_ok, gate = pcall(self.gate, self, step)
   if not gate_ok then return false, error_text(gate) end
   if gate == "skip" then
     self:emit({ event = "step_skip", index = index, name = step.name, reason = "skipped by the operator" })
-    self:emit({ event = "step_end", index = index, name = step.name, status = "skipped", state = ctx.state })
+    local recorded, err = self:emit_with_state({ event = "step_end", index = index, name = step.name, status = "skipped" })
     self:sync()
-    return true, nil, true
+    return recorded, err, recorded
   elseif gate == "abort" then
     self.aborted = self.aborted or ("aborted by the operator before step \"" .. step.name .. "\"")
     return false, self.aborted
@@ -336,10 +379,14 @@ function Run:run_step(index, step)
   self:emit({ event = "step_start", index = index, name = step.name })
   local t0 = time.monotonic()
   local attempts, ok, err = 0, false, nil
+  local ops, ops_text -- what the step changed in ctx.state
   while true do
     attempts = attempts + 1
     ok, err = self:call(step.run, step.timeout)
-    if ok then ok, err = check_state(ctx.state) end
+    if ok then
+      ops, ops_text = self:state_change()
+      if not ops then ok, err = false, ops_text end
+    end
     if ok or self.interrupted or attempts > step.retries then break end
     local delay = step.retry_delay * step.backoff ^ (attempts - 1)
     self:emit({ event = "step_retry", index = index, name = step.name, attempt = attempts,
@@ -353,13 +400,17 @@ function Run:run_step(index, step)
     if not slept or self.interrupted then break end
   end
   local event = { event = "step_end", index = index, name = step.name, status = ok and "ok" or "failed",
-    duration = time.monotonic() - t0, attempts = attempts, state = ctx.state }
+    duration = time.monotonic() - t0, attempts = attempts }
   if not ok then
     event.error = self.interrupted and "interrupted" or error_text(err)
     if type(err) == "table" and err.kind then event.error_kind = err.kind end
   end
   if self.plan then event.changes = tug.plan.take() end
-  self:emit(event)
+  if ok then
+    self:emit_with_state(event, ops, ops_text)
+  else
+    self:emit_with_state(event)
+  end
   self:sync()
   return ok, event.error
 end
@@ -383,8 +434,8 @@ function Run:rollback()
         return "aborted", "stopped during the undo of \"" .. step.name .. "\""
       end
       local e = { event = "undo_end", index = entry.index, name = step.name, status = ok and "ok" or "failed",
-        duration = time.monotonic() - t0, error = not ok and error_text(err) or nil, state = self.ctx.state }
-      self:emit(e)
+        duration = time.monotonic() - t0, error = not ok and error_text(err) or nil }
+      if not self:emit_with_state(e) then ok = false end
       self:sync()
       if not ok then failures = failures + 1 end
     end
@@ -431,6 +482,8 @@ function M.run(opts)
   if resume then
     self.run_id = resume.run_id
     self.state = resume.state or {}
+    -- what the journal holds, which the next patch changes: a copy, since steps change self.state
+    self.recorded = json.decode(json.encode(self.state))
     for i, s in ipairs(pb.steps) do
       local e = resume.steps[i]
       if e and (e.status == "ok" or e.status == "skipped") then
@@ -440,6 +493,7 @@ function M.run(opts)
     end
   else
     self.run_id = journal.new_id()
+    self.recorded = json.object()
   end
 
   local names = {}
@@ -467,6 +521,7 @@ function M.run(opts)
       end
     end
     self.journal = journal.create(self.run_id)
+    if resume then self.journal:end_torn_line() end
   end
 
   self.ctx = self:make_ctx()
@@ -486,7 +541,8 @@ function M.run(opts)
   end
   self:emit({ event = resume and "run_resume" or "run_start", run_id = self.run_id, playbook = pb.name,
     path = pb.path, env = self.env.name, params = self.params, steps = names, plan = self.plan or nil,
-    resumed_from = first_resumed })
+    resumed_from = first_resumed, state = resume and self.recorded or nil,
+    pid = not self.plan and tug.sys.pid() or nil, host = not self.plan and tug.sys.hostname() or nil })
   self:sync()
 
   local status, reason = "succeeded", nil
@@ -536,7 +592,15 @@ function M.run(opts)
     duration = time.monotonic() - t0, interrupted = self.interrupted or nil })
   self:sync()
   if not self.plan and self.env.notify then require("notify").flush(30) end
-  if self.journal then self.journal:close() end
+  if self.journal then
+    self.journal:close()
+    -- TUG_RETAIN_RUNS / TUG_RETAIN_AGE: the runs past the retention go (the CLI checked them)
+    local removed = journal.apply_retention(self.run_id)
+    if removed and #removed > 0 then
+      io.stderr:write(string.format("tug: removed %d run%s past the retention (TUG_RETAIN_RUNS, TUG_RETAIN_AGE)\n",
+        #removed, #removed == 1 and "" or "s"))
+    end
+  end
   if held then backend.release(held) end
   tug.on_interrupt(nil)
   M.current = nil

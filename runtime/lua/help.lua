@@ -44,7 +44,17 @@ M.commands = {
     } },
   { group = "playbooks", name = "run", synopsis = "run NAME [key=value...]",
     summary = "run it; on a failure, undo the completed steps in reverse", options = RUN_OPTIONS },
-  { group = "playbooks", name = "runs", synopsis = "runs", summary = "the journalled runs, newest first (.tug/runs)" },
+  { group = "playbooks", name = "runs", synopsis = "runs [--prune ...]",
+    summary = "the journalled runs, newest first (.tug/runs); with --prune, remove old runs' " ..
+      "journals, saying which (unfinished runs are kept); without --keep or --older-than it uses " ..
+      "TUG_RETAIN_RUNS and TUG_RETAIN_AGE, which every run also applies when it ends",
+    options = {
+      { "--prune", "remove old runs' journals, saying which (kept: unfinished runs)" },
+      { "--keep N", "... except the newest N" },
+      { "--older-than D", "... only those that ended more than D (30d) ago" },
+      { "--unfinished", "... and unfinished runs too, unless their process is alive" },
+      { "--dry-run", "say what --prune would remove; remove nothing" },
+    } },
   { group = "playbooks", name = "show", synopsis = "show RUN_ID", summary = "one run: steps, results, decisions, saved state" },
   { group = "playbooks", name = "resume", synopsis = "resume RUN_ID",
     summary = "continue a run that died, from its first unfinished step",

@@ -27,18 +27,24 @@ local function fail(where, fmt, ...)
   error(tug.error.new("playbook", where .. ": " .. string.format(fmt, ...)), 0)
 end
 
+local loading -- the path M.load is loading
+
+-- file:line of the declaration; `return playbook { ... }` is a tail call, which leaves no
+-- line to name, only the file being loaded.
 local function caller(level)
   local info = debug.getinfo(level + 1, "Sl")
-  return info and (info.short_src .. ":" .. (info.currentline or 0)) or "?"
+  if not info or info.what == "C" then return loading or "?" end
+  return info.short_src .. ":" .. (info.currentline or 0)
 end
 
 local function check_field(where, what, key, value, want)
   if want == "any" then return end
   if want == "duration" then
-    if type(value) == "number" and value >= 0 then return end
-    if type(value) == "string" and time.parse_duration(value) then return end
-    fail(where, "%s field '%s' must be a duration such as \"30s\" or \"5m\", not %s", what, key,
-      type(value) == "string" and ("'" .. value .. "'") or type(value))
+    if type(value) ~= "number" and type(value) ~= "string" then
+      fail(where, "%s field '%s' must be a duration such as \"30s\" or \"5m\", not a %s", what, key, type(value))
+    end
+    local seconds, err = time.parse_duration(value)
+    if not seconds then fail(where, "%s field '%s': %s", what, key, err) end
   elseif want == "integer" then
     if math.type(value) ~= "integer" then
       fail(where, "%s field '%s' must be an integer, not %s", what, key, tostring(value))
@@ -59,6 +65,25 @@ local function check_fields(where, what, decl, fields)
         require("tug.suggest").hint(tostring(key), known), table.concat(known, ", "))
     end
     check_field(where, what, key, value, want)
+  end
+end
+
+local MAX_RETRIES = 1000
+
+-- retries, retry_delay and backoff together: the waits they make must be durations too.
+local function check_retries(where, name, s)
+  if s.retries < 0 or s.retries > MAX_RETRIES then
+    fail(where, "step \"%s\" field 'retries' must be from 0 to %d, not %d", name, MAX_RETRIES, s.retries)
+  end
+  if not (s.backoff >= 1 and s.backoff < math.huge) then -- also NaN
+    fail(where, "step \"%s\" field 'backoff' must be a finite number from 1 (the same wait each time; " ..
+      "2 doubles it), not %s", name, s.backoff ~= s.backoff and "NaN" or tostring(s.backoff))
+  end
+  local longest = s.retries > 0 and s.retry_delay * s.backoff ^ (s.retries - 1) or 0
+  if not time.parse_duration(longest) then
+    fail(where, "step \"%s\": retries = %d with retry_delay %s and backoff %s would wait %.3g s before the last " ..
+      "attempt, longer than the longest duration (876000h, 100 years)", name, s.retries,
+      time.format_duration(s.retry_delay), tostring(s.backoff), longest)
   end
 end
 
@@ -84,7 +109,7 @@ local function step(name)
     s.retries = s.retries or 0
     s.backoff = s.backoff or 1
     s.tags = s.tags or {}
-    if s.retries < 0 then fail(where, "step \"%s\": retries must be >= 0", name) end
+    check_retries(where, name, s)
     return setmetatable(s, step_mt)
   end
 end
@@ -154,7 +179,9 @@ function M.load(path)
   local env = setmetatable({ playbook = playbook, step = step }, { __index = _G })
   local chunk, err = loadfile(path, "t", env)
   if not chunk then return nil, err end
+  loading = path
   local ok, pb = pcall(chunk)
+  loading = nil
   if not ok then
     return nil, type(pb) == "table" and pb.message or tostring(pb)
   end

@@ -325,6 +325,7 @@ function M.new(opts)
     end,
     prompt_end = list[1].prompt_end or function() end,
     prompt_note = list[1].prompt_note or out,
+    lines = output == "json", -- only --output json prints each event's JSON line
   }
 end
 

@@ -19,6 +19,12 @@ local function steps(n, body)
 end
 
 write("playbooks/noop10k.lua", "return playbook { steps = {\n" .. steps(10000, "") .. "\n} }\n")
+-- each step adds one key to ctx.state (the journal records what changed, not the whole state)
+local grow = {}
+for i = 1, 10000 do
+  grow[i] = string.format('    step "step %d" { run = function(ctx) ctx.state.key_%d = %d end },', i, i, i)
+end
+write("playbooks/grow10k.lua", "return playbook { steps = {\n" .. table.concat(grow, "\n") .. "\n} }\n")
 exec.run({ "mkdir", "-p", dir .. "/plan/playbooks", dir .. "/plan/environments" }, { check = true })
 write("plan/environments/local.yaml", "name: local\n")
 write("plan/playbooks/plan50.lua", "return playbook { steps = {\n" ..

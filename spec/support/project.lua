@@ -33,6 +33,19 @@ function project:read(path)
   return text
 end
 
+-- A prelude for playbooks: trace(word) appends a line to trace.txt, which p:trace() reads.
+project.TRACE = [[
+local function trace(word)
+  local f = io.open("trace.txt", "a"); f:write(word, "\n"); f:close()
+end
+]]
+
+function project:trace()
+  local out = {}
+  for line in (self:read("trace.txt") or ""):gmatch("[^\n]+") do out[#out + 1] = line end
+  return out
+end
+
 function project:exists(path)
   local f = io.open(self.dir .. "/" .. path)
   if f then f:close() end
