@@ -374,7 +374,7 @@ describe("pruning journals", function()
   end)
 
   it("is in tug help", function()
-    local r = p:tug({ "help" })
+    local r = p:tug({ "help", "runs" })
     for _, want in ipairs({ "--prune", "--keep N", "--older-than D", "--unfinished", "--dry-run", "TUG_RETAIN_RUNS" }) do
       assert.is_truthy(r.stdout:find(want, 1, true), want)
     end

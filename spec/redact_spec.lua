@@ -187,9 +187,10 @@ describe("redaction", function()
         end
         assert.are.equal('playbooks/pb.lua:33: rejected | *** | {"token":"***"} | GET http://127.0.0.1:1/x?t=***: connect: Connection refused',
           failed.error)
-        local state
-        for _, e in ipairs(events) do if e.event == "step_end" and e.index == 1 then state = e.state end end
-        assert.are.same({ token = "***", nested = { '{"token":"***"}' } }, state)
+        -- the journal records state patches: the state it rebuilds is masked
+        local state = require("tug.journal").summarise(events).state
+        assert.are.equal("***", state.token)
+        assert.are.same({ '{"token":"***"}' }, state.nested)
         local show = p:tug({ "show", id })
         assert.are.equal(0, show.code, show.stderr)
         assert_hidden(secret, show.stdout .. show.stderr, "tug show")
