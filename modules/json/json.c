@@ -31,6 +31,12 @@ _Static_assert(sizeof(json_int_t) == sizeof(lua_Integer), "json_int_t must match
    encode writes, decode can read, and jansson's recursive dump and free stay within bounds. */
 #define MAX_DEPTH JSON_PARSER_MAX_DEPTH
 
+/* A table reached again through another branch (a shared table: YAML aliases share theirs)
+   is written again, whole. Those repeats may add at most this many values to a document:
+   tables shared inside shared tables multiply, and ten levels of ten would write 10^10
+   values. The yaml module caps its aliases at the same figure. */
+#define MAX_REPEATED 1000000
+
 /* Doubles need at most 17 significant digits to read back exactly. */
 #define MAX_PRECISION 17
 
@@ -119,9 +125,29 @@ static void decode_value(lua_State *L, json_holder *h, json_t *value) {
   }
 }
 
+/* A raw NUL byte is never valid JSON (inside a string it must be written \u0000), but
+   jansson's reader takes one after a complete value as the end of the text. */
+static int refuse_nul(lua_State *L, const char *text, size_t len) {
+  const char *nul = memchr(text, '\0', len);
+  lua_Integer line = 1, column = 1;
+  if (nul == NULL)
+    return 0;
+  for (const char *c = text; c < nul; c++) {
+    if (*c == '\n')
+      line++, column = 1;
+    else if (((unsigned char)*c & 0xc0) != 0x80)
+      column++;
+  }
+  return luaL_error(L,
+                    "json.decode: NUL byte (a raw 0x00; write \\u0000 inside a string) at byte %I "
+                    "(line %I, column %I)",
+                    (lua_Integer)(nul - text) + 1, line, column);
+}
+
 static int module_decode(lua_State *L) {
   size_t len;
   const char *text = luaL_checklstring(L, 1, &len);
+  refuse_nul(L, text, len);
   json_holder *h = holder_push(L);
   json_error_t error;
   /* Without JSON_DISABLE_EOF_CHECK jansson rejects anything after the value. */
@@ -150,8 +176,11 @@ typedef struct path_seg {
 typedef struct {
   lua_State *L;
   json_holder *holder;
-  int seen;      /* stack index of a table: Lua table being encoded -> its path_seg */
-  int precision; /* significant digits that make every float so far read back exactly */
+  int seen;        /* stack index of a table: Lua table being encoded -> its path_seg */
+  int done;        /* stack index of the set of tables encoded so far, to notice a repeat */
+  int repeating;   /* how many of the tables being encoded are repeats */
+  size_t repeated; /* values written inside repeats (MAX_REPEATED) */
+  int precision;   /* significant digits that make every float so far read back exactly */
 } encoder;
 
 /* Paths this deep are shortened to their first and last segments in messages. */
@@ -361,6 +390,16 @@ static void encode_table(encoder *e, int idx, const path_seg *at) {
   lua_pushvalue(L, idx);
   lua_pushlightuserdata(L, (void *)at);
   lua_rawset(L, e->seen);
+  lua_pushvalue(L, idx);
+  int again = lua_rawget(L, e->done) != LUA_TNIL;
+  lua_pop(L, 1);
+  if (again) {
+    e->repeating++;
+  } else {
+    lua_pushvalue(L, idx);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, e->done);
+  }
   switch (tug_table_kind(L, idx)) {
   case TUG_TABLE_ARRAY:
     encode_array(e, idx, at);
@@ -376,10 +415,17 @@ static void encode_table(encoder *e, int idx, const path_seg *at) {
   lua_pushvalue(L, idx);
   lua_pushnil(L);
   lua_rawset(L, e->seen);
+  if (again)
+    e->repeating--;
 }
 
 static void encode_value(encoder *e, int idx, const path_seg *at) {
   lua_State *L = e->L;
+  if (e->repeating > 0 && ++e->repeated > MAX_REPEATED)
+    encode_fail(e, at,
+                "tables shared by several branches repeat more than %d values (shared tables "
+                "nested in shared tables multiply)",
+                MAX_REPEATED);
   switch (lua_type(L, idx)) {
   case LUA_TNIL:
     encode_fail(e, at, "cannot encode nil (use json.null for null)");
@@ -462,6 +508,10 @@ static int module_encode(lua_State *L) {
   e.holder = holder_push(L);
   lua_newtable(L);
   e.seen = lua_gettop(L);
+  lua_newtable(L);
+  e.done = lua_gettop(L);
+  e.repeating = 0;
+  e.repeated = 0;
   /* %.15g already prints a float's shortest form when that has at most 15 digits (DBL_DIG),
      with trailing zeros stripped, so starting there gives the same text in at most three
      tries instead of up to seventeen. */
