@@ -47,6 +47,15 @@ describe("an environment file", function()
     assert.matches("1 problem", r.stdout)
   end)
 
+  it("may have a number that is not an integer as a key (found by spec/fuzz)", function()
+    -- The key path of a ${...} error was formatted with %d, which raised a Lua error for
+    -- any float key before anything was resolved.
+    p:write("environments/local.yaml", "name: local\nthresholds:\n  0.05: warn\n  0.5: ${env:NO_SUCH_VAR_Y}\n")
+    local r = p:tug({ "plan", "pb" })
+    assert.are.equal(2, r.code, r.stdout .. r.stderr)
+    assert.matches("environments/local%.yaml: thresholds%.0%.5: environment variable NO_SUCH_VAR_Y is not set", r.stderr)
+  end)
+
   it("resolves a table that aliases share once: a resolved value is not resolved again", function()
     p:write("environments/local.yaml",
       "name: local\nbase: &base\n  token: ${env:TOKEN}\nstaging: *base\n")

@@ -34,8 +34,11 @@ _Static_assert(sizeof(json_int_t) == sizeof(lua_Integer), "json_int_t must match
 /* A table reached again through another branch (a shared table: YAML aliases share theirs)
    is written again, whole. Those repeats may add at most this many values to a document:
    tables shared inside shared tables multiply, and ten levels of ten would write 10^10
-   values. The yaml module caps its aliases at the same figure. */
+   values. A string weighs one value more per STRING_BYTES_PER_VALUE bytes, so that the
+   repeats of a long string count for its length (the repeated text stays under 64 MB). The
+   yaml module caps its aliases and its encoder with the same figures. */
 #define MAX_REPEATED 1000000
+#define STRING_BYTES_PER_VALUE 64
 
 /* Doubles need at most 17 significant digits to read back exactly. */
 #define MAX_PRECISION 17
@@ -421,7 +424,9 @@ static void encode_table(encoder *e, int idx, const path_seg *at) {
 
 static void encode_value(encoder *e, int idx, const path_seg *at) {
   lua_State *L = e->L;
-  if (e->repeating > 0 && ++e->repeated > MAX_REPEATED)
+  if (e->repeating > 0 && (e->repeated += 1 + (lua_type(L, idx) == LUA_TSTRING
+                                                   ? lua_rawlen(L, idx) / STRING_BYTES_PER_VALUE
+                                                   : 0)) > MAX_REPEATED)
     encode_fail(e, at,
                 "tables shared by several branches repeat more than %d values (shared tables "
                 "nested in shared tables multiply)",

@@ -34,8 +34,12 @@
    environment's references, a diff) visits the expansion, and ten nested aliases of ten
    items each (the "billion laughs") expand to 10^10 nodes. The cap bounds any such walk by
    the size of the text plus this many nodes; real manifests and environments repeat a few
-   hundred. */
+   hundred. A scalar weighs one node more per SCALAR_BYTES_PER_NODE bytes of its text, so
+   that the repeats of a long string count for its length: the repeated text is bounded
+   too, at 64 MB. The encoder caps the values it writes again for shared tables the same
+   way. */
 #define MAX_ALIAS_EXPANSION 1000000
+#define SCALAR_BYTES_PER_NODE 64
 
 /* Error paths deeper than twice this keep only their first and last segments. */
 #define PATH_KEEP 16
@@ -554,9 +558,10 @@ static size_t build_node(lua_State *L, decoder *d, int depth) {
     lua_pushlightuserdata(L, d);
     lua_rawset(L, d->anchors);
   }
-  if (e->type == YAML_SCALAR_EVENT)
+  if (e->type == YAML_SCALAR_EVENT) {
+    size += e->data.scalar.length / SCALAR_BYTES_PER_NODE;
     push_scalar(L, d);
-  else if (e->type == YAML_SEQUENCE_START_EVENT)
+  } else if (e->type == YAML_SEQUENCE_START_EVENT)
     size = build_sequence(L, d, depth);
   else
     size = build_mapping(L, d, depth);
@@ -1143,7 +1148,9 @@ static void encode_value(lua_State *L, encoder *en, int idx) {
   idx = lua_absindex(L, idx);
   /* A table shared by several branches is written again, whole: as on decoding, such
      repeats are capped, or tables shared inside shared tables would multiply. */
-  if (en->repeating > 0 && ++en->repeated > MAX_ALIAS_EXPANSION)
+  if (en->repeating > 0 && (en->repeated += 1 + (lua_type(L, idx) == LUA_TSTRING
+                                                     ? lua_rawlen(L, idx) / SCALAR_BYTES_PER_NODE
+                                                     : 0)) > MAX_ALIAS_EXPANSION)
     encode_error(L, en,
                  lua_pushfstring(L,
                                  "tables shared by several branches repeat more than %d values "

@@ -118,7 +118,8 @@ local function resolve(path, key, value, doc, seen)
   elseif type(value) == "table" and not seen[value] then
     seen[value] = true
     for k, v in pairs(value) do
-      local sub = type(k) == "number" and string.format("%s[%d]", key, k - 1)
+      -- a float key (YAML `0.05: warn`) has no index to print: it is named like a word
+      local sub = math.type(k) == "integer" and string.format("%s[%d]", key, k - 1)
         or (key == "" and tostring(k) or key .. "." .. tostring(k))
       value[k] = resolve(path, sub, v, doc, seen)
     end
