@@ -440,7 +440,7 @@ describe("json", function()
       for _ = 1, 30 do t = json.array({ t, t }) end
       local started = time.monotonic()
       local err = encode_error(t)
-      assert.is_true(time.monotonic() - started < 5)
+      assert.is_true(time.monotonic() - started < 30) -- unbounded, it would take hours
       assert.matches("^json%.encode: tables shared by several branches repeat more than 1000000 "
         .. "values %(shared tables nested in shared tables multiply%) at %$%[0%]", err)
     end)

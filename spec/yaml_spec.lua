@@ -288,7 +288,7 @@ production: *defaults
       local started = time.monotonic()
       local err = error_of(yaml.load_file, path)
       os.remove(path)
-      assert.is_true(time.monotonic() - started < 5)
+      assert.is_true(time.monotonic() - started < 30) -- unbounded, it would take hours
       -- l5's items are 111,111 nodes each (l4 expanded): its 9th alias crosses the limit.
       assert.are.equal(path .. ":6:38: alias *l4 would make the document's aliases repeat more "
         .. 'than 1000000 nodes (nested aliases multiply, as in a "billion laughs")', err)
@@ -578,7 +578,7 @@ spec:
       .. "values %(shared tables nested in shared tables multiply%) at %$%[1%]", error_of(yaml.encode, doubled(19)))
     local started = time.monotonic()
     assert.matches("repeat more than 1000000 values", error_of(yaml.encode, doubled(30)))
-    assert.is_true(time.monotonic() - started < 5)
+    assert.is_true(time.monotonic() - started < 30) -- unbounded, it would take hours
   end)
 
   it("writes a table shared by two branches twice", function()
