@@ -509,8 +509,40 @@ describe("json", function()
       assert.matches("NUL byte .* at byte 3 ", decode_error('"a\0"'))
     end)
 
-    it("refuse \\u0000 in an object key: jansson 2.14 cannot hold one", function()
-      assert.matches("NUL byte in object key not supported", decode_error('{"a\\u0000b": 1}'))
+    it("keep the byte, line and column of an error after a key holding \\u0000", function()
+      -- the same error as in the same text with another 6-character escape in the key
+      for _, text in ipairs({ '{"a\\u0000": 1, "b": tru}', '{"a\\u0000": 1,\n "b": \\u0000}' }) do
+        local plain = decode_error((text:gsub("^{\"a\\u0000", '{"a\\u0041')))
+        assert.are.equal(plain, decode_error(text))
+      end
+      assert.are.equal("json.decode: invalid token near 'tru' at byte 23 (line 1, column 23)",
+        decode_error('{"a\\u0000": 1, "b": tru}'))
+    end)
+
+    it("refuse \\u0000 in a key of a text that also holds U+FDD0 (the mark that carries it)", function()
+      assert.matches("NUL byte in object key not supported", decode_error('{"\\ufdd0\\u0000": 1}'))
+      assert.matches("NUL byte in object key not supported", decode_error('{"\xef\xb7\x90": 1, "\\u0000": 2}'))
+    end)
+  end)
+
+  describe("object keys holding \\u0000 (JSONTestSuite y_object_escaped_null_in_key)", function()
+    it("decode to keys with a NUL byte, and encode back the same", function()
+      local v = json.decode('{"foo\\u0000bar": 42, "\\u0000": "x\\u0000y", "plain": ["\\u0000"]}')
+      assert.are.equal(42, v["foo\0bar"])
+      assert.are.equal("x\0y", v["\0"])
+      assert.are.equal("\0", v.plain[1])
+      assert.are.equal('{"\\u0000":"x\\u0000y","foo\\u0000bar":42,"plain":["\\u0000"]}', json.encode(v))
+      assert.are.same(v, json.decode(json.encode(v)))
+    end)
+
+    it("leave an escaped backslash followed by u0000 alone", function()
+      local v = json.decode('{"a\\\\u0000": 1, "b\\u0000": 2}')
+      assert.are.equal(1, v["a\\u0000"])
+      assert.are.equal(2, v["b\0"])
+    end)
+
+    it("keep the last of two equal keys, as for any key", function()
+      assert.are.equal(2, json.decode('{"\\u0000": 1, "\\u0000": 2}')["\0"])
     end)
   end)
 
@@ -521,6 +553,7 @@ describe("json", function()
       y_object_duplicated_key = '{"a":"b","a":"c"}',
       y_string_escaped_noncharacter = '["\\uFFFF"]',
       y_string_null_escape = '["\\u0000"]',
+      y_object_escaped_null_in_key = '{"foo\\u0000bar": 42}',
       y_number_real_capital_e_neg_exp = "[1E-2]",
       y_number_negative_zero = "[-0]",
       y_structure_lonely_null = "null",

@@ -47,7 +47,8 @@ _Static_assert(sizeof(json_int_t) == sizeof(lua_Integer), "json_int_t must match
 
 typedef struct {
   json_t *root;
-  char *text; /* output of json_dumps, allocated by jansson's allocator */
+  char *text;      /* output of json_dumps, allocated by jansson's allocator */
+  int nul_as_mark; /* decoding: U+FDD0 in a string stands for NUL (see decode_nul_keys) */
 } json_holder;
 
 static void holder_release(json_holder *h) {
@@ -71,11 +72,66 @@ static json_holder *holder_push(lua_State *L) {
   json_holder *h = lua_newuserdatauv(L, sizeof(json_holder), 0);
   h->root = NULL;
   h->text = NULL;
+  h->nul_as_mark = 0;
   luaL_setmetatable(L, HOLDER_MT);
   return h;
 }
 
 /* ---- decode ---- */
+
+/* jansson 2.14 stores object keys with their length, but its parser refuses a key with a
+   NUL in it ("NUL byte in object key not supported"), which JSON allows (\u0000). When it
+   does, the text is parsed again with every \u0000 escape written \uFDD0 instead: the same
+   length, so error positions do not move. U+FDD0 is a noncharacter that the text must not
+   hold already (else the mark would be ambiguous and jansson's refusal stands), and the
+   decoded strings and keys turn it back into NUL. */
+#define NUL_MARK "\xef\xb7\x90" /* U+FDD0 in UTF-8 */
+#define NUL_MARK_LEN 3
+
+/* Pushes s, with every NUL_MARK turned back into NUL when h->nul_as_mark is set. */
+static void push_decoded(lua_State *L, json_holder *h, const char *s, size_t len) {
+  const char *mark;
+  luaL_Buffer b;
+  if (!h->nul_as_mark || (mark = memmem(s, len, NUL_MARK, NUL_MARK_LEN)) == NULL) {
+    lua_pushlstring(L, s, len);
+    return;
+  }
+  luaL_buffinit(L, &b);
+  do {
+    luaL_addlstring(&b, s, (size_t)(mark - s));
+    luaL_addchar(&b, '\0');
+    len -= (size_t)(mark - s) + NUL_MARK_LEN;
+    s = mark + NUL_MARK_LEN;
+  } while ((mark = memmem(s, len, NUL_MARK, NUL_MARK_LEN)) != NULL);
+  luaL_addlstring(&b, s, len);
+  luaL_pushresult(&b);
+}
+
+static int is_hex_zero4(const char *s) { return memcmp(s, "0000", 4) == 0; }
+
+/* Pushes text with every \u0000 escape written \uFDD0; returns 0 (pushing nothing) when the
+   text already holds U+FDD0, raw or escaped. */
+static int push_nul_marked(lua_State *L, const char *text, size_t len) {
+  luaL_Buffer b;
+  char *copy;
+  if (memmem(text, len, NUL_MARK, NUL_MARK_LEN) != NULL)
+    return 0;
+  for (size_t i = 0; i + 5 < len; i++)
+    if (text[i] == '\\' && text[i + 1] == 'u' && strncasecmp(text + i + 2, "fdd0", 4) == 0)
+      return 0;
+  copy = luaL_buffinitsize(L, &b, len);
+  memcpy(copy, text, len);
+  /* Walk escapes in order, so that in \\u0000 (a backslash, then u0000) nothing changes. */
+  for (size_t i = 0; i + 1 < len; i++) {
+    if (copy[i] != '\\')
+      continue;
+    if (copy[i + 1] == 'u' && i + 5 < len && is_hex_zero4(copy + i + 2))
+      memcpy(copy + i + 2, "FDD0", 4);
+    i++;
+  }
+  luaL_pushresultsize(&b, len);
+  return 1;
+}
 
 static void decode_value(lua_State *L, json_holder *h, json_t *value) {
   /* A table, a key and a value per level; jansson's depth limit keeps this small. */
@@ -90,7 +146,7 @@ static void decode_value(lua_State *L, json_holder *h, json_t *value) {
     json_t *member;
     lua_createtable(L, 0, (int)json_object_size(value));
     json_object_keylen_foreach(value, key, key_len, member) {
-      lua_pushlstring(L, key, key_len);
+      push_decoded(L, h, key, key_len);
       decode_value(L, h, member);
       lua_rawset(L, -3);
     }
@@ -108,7 +164,7 @@ static void decode_value(lua_State *L, json_holder *h, json_t *value) {
     break;
   }
   case JSON_STRING:
-    lua_pushlstring(L, json_string_value(value), json_string_length(value));
+    push_decoded(L, h, json_string_value(value), json_string_length(value));
     break;
   case JSON_INTEGER:
     lua_pushinteger(L, (lua_Integer)json_integer_value(value));
@@ -155,9 +211,18 @@ static int module_decode(lua_State *L) {
   json_error_t error;
   /* Without JSON_DISABLE_EOF_CHECK jansson rejects anything after the value. */
   h->root = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &error);
-  if (h->root == NULL)
-    return luaL_error(L, "json.decode: %s at byte %d (line %d, column %d)", error.text,
-                      error.position, error.line, error.column);
+  if (h->root == NULL && json_error_code(&error) == json_error_null_byte_in_key &&
+      push_nul_marked(L, text, len)) {
+    h->nul_as_mark = 1;
+    h->root = json_loadb(lua_tostring(L, -1), len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &error);
+    lua_pop(L, 1);
+  }
+  if (h->root == NULL) {
+    /* jansson quotes the token it stopped at: show it as written */
+    const char *what = h->nul_as_mark ? luaL_gsub(L, error.text, "\\uFDD0", "\\u0000") : error.text;
+    return luaL_error(L, "json.decode: %s at byte %d (line %d, column %d)", what, error.position,
+                      error.line, error.column);
+  }
   decode_value(L, h, h->root);
   holder_release(h);
   return 1;
