@@ -7,6 +7,7 @@
 #   make demo          the main job (see README.md)
 #   make bench         benchmarks, figures printed beside the tools users would pick
 #   make sanitize      the whole suite under ASan + UBSan
+#   make fuzz          the parsers' fuzzer under ASan + UBSan (FUZZ_TIME=600 seconds in all)
 #   make lint          clang-format in check mode
 #   make install PREFIX=/usr/local
 #   make deb           build/tug_VERSION_ARCH.deb (dpkg-deb), which installs as /usr/bin/tug
@@ -38,7 +39,7 @@ OBJS  := $(patsubst %.c,$(BUILD)/%.o,$(RUNTIME_SRC) $(MODULE_SRC)) $(BUILD)/embe
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 SAN_BUILD := build/asan
 
-.PHONY: all deps test demo bench sanitize lint install deb clean
+.PHONY: all deps test demo bench sanitize fuzz lint install deb clean
 .DELETE_ON_ERROR:
 
 all: $(BIN)
@@ -76,11 +77,21 @@ test: deps
 	@$(MAKE) --no-print-directory tug
 	$(TEST_PATH) ./tug test spec
 
+SAN_MAKE := $(MAKE) --no-print-directory BUILD=$(SAN_BUILD) BIN=$(SAN_BUILD)/tug \
+  OPT="-O1 -g $(SAN_FLAGS)" LDFLAGS="-Wl,-E $(SAN_FLAGS)"
+
 sanitize: deps
-	@$(MAKE) --no-print-directory BUILD=$(SAN_BUILD) BIN=$(SAN_BUILD)/tug \
-	  OPT="-O1 -g $(SAN_FLAGS)" LDFLAGS="-Wl,-E $(SAN_FLAGS)"
+	@$(SAN_MAKE)
 	$(TEST_PATH) ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  TUG_UNDER_TEST=$(abspath $(SAN_BUILD))/tug $(SAN_BUILD)/tug test spec
+
+# Mutated inputs for every parser (spec/fuzz/fuzz.py), shared evenly among the targets;
+# failures are saved in spec/fuzz/out/. `make test` runs a short pass (spec/fuzz_spec.lua).
+FUZZ_TIME ?= 600
+fuzz: deps
+	@$(SAN_MAKE)
+	ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  python3 spec/fuzz/fuzz.py --tug $(SAN_BUILD)/tug --time $(FUZZ_TIME) --hang 30
 
 # The demo needs only the binary: it installs the build group, not the test servers.
 demo:

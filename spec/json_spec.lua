@@ -427,6 +427,48 @@ describe("json", function()
     end)
   end)
 
+  describe("shared tables", function()
+    it("writes a table shared by two branches in both places", function()
+      local labels = { app = "checkout" }
+      assert.are.equal('{"selector":{"app":"checkout"},"template":{"app":"checkout"}}',
+        json.encode({ selector = labels, template = labels }))
+    end)
+
+    it("refuses shared tables that repeat more than 1,000,000 values, in seconds", function()
+      -- 30 levels of a pair of the same table would write 2^30 strings.
+      local t = json.array({ "lol" })
+      for _ = 1, 30 do t = json.array({ t, t }) end
+      local started = time.monotonic()
+      local err = encode_error(t)
+      assert.is_true(time.monotonic() - started < 30) -- unbounded, it would take hours
+      assert.matches("^json%.encode: tables shared by several branches repeat more than 1000000 "
+        .. "values %(shared tables nested in shared tables multiply%) at %$%[0%]", err)
+    end)
+
+    it("counts a repeated long string for its length: one value per 64 bytes", function()
+      -- each repeat of a table holding 64 KiB writes a string weighing 1 + 65536 / 64 = 1,025
+      -- values: the first of 977 is written, the 976 repeats weigh 1,000,400; one fewer, 999,375
+      local big = json.array({ ("x"):rep(65536) })
+      local list = json.array({})
+      for i = 1, 977 do list[i] = big end
+      assert.matches("repeat more than 1000000 values .* at %$%[976%]%[0%]$", encode_error(list))
+      list[977] = nil
+      assert.are.equal(976 * (65536 + 5) + 1, #json.encode(list))
+    end)
+
+    it("writes a shared structure that repeats up to the limit", function()
+      -- n levels write 2^(n+1)-1 values, of which about 2^(n+1) - n are repeats (every
+      -- second branch): 524,269 for 18 levels, 1,048,556 for 19.
+      local function doubled(levels)
+        local t = json.array({ "x" })
+        for _ = 1, levels do t = json.array({ t, t }) end
+        return t
+      end
+      assert.are.equal(2 ^ 18, select(2, json.encode(doubled(18)):gsub('"x"', "")))
+      assert.matches("repeat more than 1000000 values", encode_error(doubled(19)))
+    end)
+  end)
+
   describe("decode errors", function()
     it("give the byte, line and column", function()
       assert.are.equal("json.decode: invalid token near 'tru' at byte 9 (line 1, column 9)",
@@ -455,5 +497,102 @@ describe("json", function()
     it("require a string", function()
       assert.matches("bad argument #1", select(2, pcall(json.decode, {})))
     end)
+
+    it("refuse a raw NUL byte anywhere, even after a complete value", function()
+      -- jansson's reader stops at a NUL after a value: "123\0" read as 123 (JSONTestSuite
+      -- n_multidigit_number_then_00). The whole text is read, by its length.
+      assert.are.equal(
+        "json.decode: NUL byte (a raw 0x00; write \\u0000 inside a string) at byte 4 (line 1, column 4)",
+        decode_error("123\0"))
+      assert.matches("NUL byte .* at byte 7 %(line 2, column 3%)", decode_error("[1,\n2]\0 "))
+      assert.matches("NUL byte .* at byte 2 ", decode_error("[\0]"))
+      assert.matches("NUL byte .* at byte 3 ", decode_error('"a\0"'))
+    end)
+
+    it("keep the byte, line and column of an error after a key holding \\u0000", function()
+      -- the same error as in the same text with another 6-character escape in the key
+      for _, text in ipairs({ '{"a\\u0000": 1, "b": tru}', '{"a\\u0000": 1,\n "b": \\u0000}' }) do
+        local plain = decode_error((text:gsub("^{\"a\\u0000", '{"a\\u0041')))
+        assert.are.equal(plain, decode_error(text))
+      end
+      assert.are.equal("json.decode: invalid token near 'tru' at byte 23 (line 1, column 23)",
+        decode_error('{"a\\u0000": 1, "b": tru}'))
+    end)
+
+    it("refuse \\u0000 in a key of a text that also holds U+FDD0 (the mark that carries it)", function()
+      assert.matches("NUL byte in object key not supported", decode_error('{"\\ufdd0\\u0000": 1}'))
+      assert.matches("NUL byte in object key not supported", decode_error('{"\xef\xb7\x90": 1, "\\u0000": 2}'))
+    end)
+  end)
+
+  describe("object keys holding \\u0000 (JSONTestSuite y_object_escaped_null_in_key)", function()
+    it("decode to keys with a NUL byte, and encode back the same", function()
+      local v = json.decode('{"foo\\u0000bar": 42, "\\u0000": "x\\u0000y", "plain": ["\\u0000"]}')
+      assert.are.equal(42, v["foo\0bar"])
+      assert.are.equal("x\0y", v["\0"])
+      assert.are.equal("\0", v.plain[1])
+      assert.are.equal('{"\\u0000":"x\\u0000y","foo\\u0000bar":42,"plain":["\\u0000"]}', json.encode(v))
+      assert.are.same(v, json.decode(json.encode(v)))
+    end)
+
+    it("leave an escaped backslash followed by u0000 alone", function()
+      local v = json.decode('{"a\\\\u0000": 1, "b\\u0000": 2}')
+      assert.are.equal(1, v["a\\u0000"])
+      assert.are.equal(2, v["b\0"])
+    end)
+
+    it("keep the last of two equal keys, as for any key", function()
+      assert.are.equal(2, json.decode('{"\\u0000": 1, "\\u0000": 2}')["\0"])
+    end)
+  end)
+
+  -- Cases of JSONTestSuite's test_parsing (named after its files) that a decoder commonly
+  -- gets wrong: y_ must decode, n_ must not.
+  describe("JSONTestSuite cases", function()
+    local must_accept = {
+      y_object_duplicated_key = '{"a":"b","a":"c"}',
+      y_string_escaped_noncharacter = '["\\uFFFF"]',
+      y_string_null_escape = '["\\u0000"]',
+      y_object_escaped_null_in_key = '{"foo\\u0000bar": 42}',
+      y_number_real_capital_e_neg_exp = "[1E-2]",
+      y_number_negative_zero = "[-0]",
+      y_structure_lonely_null = "null",
+      y_structure_whitespace_array = " [] ",
+      y_string_utf8 = '["€𝄞"]',
+      y_string_surrogates_U_1D11E_MUSICAL_SYMBOL_G_CLEF = '["\\uD834\\uDd1e"]',
+    }
+    local must_refuse = {
+      n_multidigit_number_then_00 = "123\0",
+      ["n_structure_null-byte-outside-string"] = "[\0]",
+      n_string_unescaped_tab = '["\t"]',
+      ["n_number_-01"] = "[-01]",
+      n_number_infinity = "[Infinity]",
+      n_number_NaN = "[NaN]",
+      n_number_hex_1_digit = "[0x1]",
+      n_number_real_without_fractional_part = "[1.]",
+      n_array_extra_comma = '["",]',
+      n_object_trailing_comma = '{"id":0,}',
+      n_object_single_quote = "{'a':0}",
+      n_string_single_quote = "['single quote']",
+      n_string_invalid_utf8_after_escape = '["\\u00e9\xe5"]',
+      n_string_incomplete_surrogate_escape_invalid = '["\\uD800\\uD800\\x"]',
+      n_structure_trailing_hash = '{"a":"b"}#',
+      n_structure_whitespace_formfeed = "[\f]",
+      n_structure_UTF8_BOM_no_data = "\xef\xbb\xbf",
+      n_structure_unclosed_array = "[1",
+      n_single_space = " ",
+    }
+
+    for name, text in pairs(must_accept) do
+      it("decodes " .. name, function()
+        local ok, err = pcall(json.decode, text)
+        assert.is_true(ok, err)
+      end)
+    end
+    for name, text in pairs(must_refuse) do
+      it("refuses " .. name, function()
+        assert.matches("^json%.decode: ", decode_error(text))
+      end)
+    end
   end)
 end)

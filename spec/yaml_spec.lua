@@ -273,6 +273,50 @@ production: *defaults
       assert.matches("alias %*loop refers to a node that contains it",
         error_of(yaml.decode, "a: &loop [1, *loop]\n"))
     end)
+
+    -- Nested aliases multiply: 470 bytes that expand to 10^9 strings ("billion laughs").
+    -- Decoding shares the anchored tables, but every walk of the result (json.encode,
+    -- resolving an environment) would visit all of them.
+    local LAUGHS = { 'l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]' }
+    for i = 1, 8 do
+      LAUGHS[#LAUGHS + 1] = ("l%d: &l%d [%s]"):format(i, i, ("*l" .. (i - 1) .. ","):rep(10):sub(1, -2))
+    end
+    LAUGHS = table.concat(LAUGHS, "\n") .. "\n"
+
+    it("refuses aliases that repeat more than 1,000,000 nodes, naming the alias and its place", function()
+      local path = write_file(LAUGHS)
+      local started = time.monotonic()
+      local err = error_of(yaml.load_file, path)
+      os.remove(path)
+      assert.is_true(time.monotonic() - started < 30) -- unbounded, it would take hours
+      -- l5's items are 111,111 nodes each (l4 expanded): its 9th alias crosses the limit.
+      assert.are.equal(path .. ":6:38: alias *l4 would make the document's aliases repeat more "
+        .. 'than 1000000 nodes (nested aliases multiply, as in a "billion laughs")', err)
+    end)
+
+    it("counts each document's aliases apart, and accepts up to the limit", function()
+      -- l0..l4 repeat 123,450 nodes; eight such documents in one stream are fine.
+      local doc = LAUGHS:match("^(.-\nl4:[^\n]*\n)")
+      local docs = yaml.decode_all(("---\n" .. doc):rep(8))
+      assert.are.equal(8, #docs)
+      assert.are.equal("lol", docs[8].l4[10][10][10][10][10])
+    end)
+
+    it("counts a long anchored string for its length: one node per 64 bytes", function()
+      -- 6,400 bytes weigh 101 nodes: 9,900 aliases repeat 999,900, one more crosses the limit
+      local text = "s: &s " .. ("x"):rep(6400) .. "\nl: [" .. ("*s,"):rep(9900) .. "]\n"
+      assert.are.equal(9900, #yaml.decode(text).l)
+      text = "s: &s " .. ("x"):rep(6400) .. "\nl: [" .. ("*s,"):rep(9901) .. "]\n"
+      assert.matches("^<string>:2:29705: alias %*s would make", error_of(yaml.decode, text))
+    end)
+
+    it("counts an alias inside an anchored value in every alias of that value", function()
+      -- 3 aliases of a 400,001-node anchor (an alias of a 400,000-item list) pass the limit
+      -- only through the expansion of the inner alias.
+      local items = ("1,"):rep(399999) .. "1"
+      local err = error_of(yaml.decode, "a: &a [" .. items .. "]\nb: &b [*a]\nc: [*b, *b]\n")
+      assert.matches("^<string>:3:9: alias %*b would make the document's aliases repeat", err)
+    end)
   end)
 
   describe("merge keys (<<)", function()
@@ -519,6 +563,22 @@ spec:
     t.self = t
     assert.are.equal("yaml.encode: cycle (the table contains itself) at $.self",
       error_of(yaml.encode, t))
+  end)
+
+  it("refuses shared tables that repeat more than 1,000,000 values, in seconds", function()
+    -- n levels of a pair of the same table repeat about 2^(n+1) - n values: 524,269 for 18,
+    -- 1,048,556 for 19; 30 levels would write 2^30 strings.
+    local function doubled(levels)
+      local t = { "x" }
+      for _ = 1, levels do t = { t, t } end
+      return t
+    end
+    assert.are.equal(2 ^ 18, select(2, yaml.encode(doubled(18)):gsub("x", "")))
+    assert.matches("^yaml%.encode: tables shared by several branches repeat more than 1000000 "
+      .. "values %(shared tables nested in shared tables multiply%) at %$%[1%]", error_of(yaml.encode, doubled(19)))
+    local started = time.monotonic()
+    assert.matches("repeat more than 1000000 values", error_of(yaml.encode, doubled(30)))
+    assert.is_true(time.monotonic() - started < 30) -- unbounded, it would take hours
   end)
 
   it("writes a table shared by two branches twice", function()

@@ -31,6 +31,15 @@ _Static_assert(sizeof(json_int_t) == sizeof(lua_Integer), "json_int_t must match
    encode writes, decode can read, and jansson's recursive dump and free stay within bounds. */
 #define MAX_DEPTH JSON_PARSER_MAX_DEPTH
 
+/* A table reached again through another branch (a shared table: YAML aliases share theirs)
+   is written again, whole. Those repeats may add at most this many values to a document:
+   tables shared inside shared tables multiply, and ten levels of ten would write 10^10
+   values. A string weighs one value more per STRING_BYTES_PER_VALUE bytes, so that the
+   repeats of a long string count for its length (the repeated text stays under 64 MB). The
+   yaml module caps its aliases and its encoder with the same figures. */
+#define MAX_REPEATED 1000000
+#define STRING_BYTES_PER_VALUE 64
+
 /* Doubles need at most 17 significant digits to read back exactly. */
 #define MAX_PRECISION 17
 
@@ -38,7 +47,8 @@ _Static_assert(sizeof(json_int_t) == sizeof(lua_Integer), "json_int_t must match
 
 typedef struct {
   json_t *root;
-  char *text; /* output of json_dumps, allocated by jansson's allocator */
+  char *text;      /* output of json_dumps, allocated by jansson's allocator */
+  int nul_as_mark; /* decoding: U+FDD0 in a string stands for NUL (see decode_nul_keys) */
 } json_holder;
 
 static void holder_release(json_holder *h) {
@@ -62,11 +72,66 @@ static json_holder *holder_push(lua_State *L) {
   json_holder *h = lua_newuserdatauv(L, sizeof(json_holder), 0);
   h->root = NULL;
   h->text = NULL;
+  h->nul_as_mark = 0;
   luaL_setmetatable(L, HOLDER_MT);
   return h;
 }
 
 /* ---- decode ---- */
+
+/* jansson 2.14 stores object keys with their length, but its parser refuses a key with a
+   NUL in it ("NUL byte in object key not supported"), which JSON allows (\u0000). When it
+   does, the text is parsed again with every \u0000 escape written \uFDD0 instead: the same
+   length, so error positions do not move. U+FDD0 is a noncharacter that the text must not
+   hold already (else the mark would be ambiguous and jansson's refusal stands), and the
+   decoded strings and keys turn it back into NUL. */
+#define NUL_MARK "\xef\xb7\x90" /* U+FDD0 in UTF-8 */
+#define NUL_MARK_LEN 3
+
+/* Pushes s, with every NUL_MARK turned back into NUL when h->nul_as_mark is set. */
+static void push_decoded(lua_State *L, json_holder *h, const char *s, size_t len) {
+  const char *mark;
+  luaL_Buffer b;
+  if (!h->nul_as_mark || (mark = memmem(s, len, NUL_MARK, NUL_MARK_LEN)) == NULL) {
+    lua_pushlstring(L, s, len);
+    return;
+  }
+  luaL_buffinit(L, &b);
+  do {
+    luaL_addlstring(&b, s, (size_t)(mark - s));
+    luaL_addchar(&b, '\0');
+    len -= (size_t)(mark - s) + NUL_MARK_LEN;
+    s = mark + NUL_MARK_LEN;
+  } while ((mark = memmem(s, len, NUL_MARK, NUL_MARK_LEN)) != NULL);
+  luaL_addlstring(&b, s, len);
+  luaL_pushresult(&b);
+}
+
+static int is_hex_zero4(const char *s) { return memcmp(s, "0000", 4) == 0; }
+
+/* Pushes text with every \u0000 escape written \uFDD0; returns 0 (pushing nothing) when the
+   text already holds U+FDD0, raw or escaped. */
+static int push_nul_marked(lua_State *L, const char *text, size_t len) {
+  luaL_Buffer b;
+  char *copy;
+  if (memmem(text, len, NUL_MARK, NUL_MARK_LEN) != NULL)
+    return 0;
+  for (size_t i = 0; i + 5 < len; i++)
+    if (text[i] == '\\' && text[i + 1] == 'u' && strncasecmp(text + i + 2, "fdd0", 4) == 0)
+      return 0;
+  copy = luaL_buffinitsize(L, &b, len);
+  memcpy(copy, text, len);
+  /* Walk escapes in order, so that in \\u0000 (a backslash, then u0000) nothing changes. */
+  for (size_t i = 0; i + 1 < len; i++) {
+    if (copy[i] != '\\')
+      continue;
+    if (copy[i + 1] == 'u' && i + 5 < len && is_hex_zero4(copy + i + 2))
+      memcpy(copy + i + 2, "FDD0", 4);
+    i++;
+  }
+  luaL_pushresultsize(&b, len);
+  return 1;
+}
 
 static void decode_value(lua_State *L, json_holder *h, json_t *value) {
   /* A table, a key and a value per level; jansson's depth limit keeps this small. */
@@ -81,7 +146,7 @@ static void decode_value(lua_State *L, json_holder *h, json_t *value) {
     json_t *member;
     lua_createtable(L, 0, (int)json_object_size(value));
     json_object_keylen_foreach(value, key, key_len, member) {
-      lua_pushlstring(L, key, key_len);
+      push_decoded(L, h, key, key_len);
       decode_value(L, h, member);
       lua_rawset(L, -3);
     }
@@ -99,7 +164,7 @@ static void decode_value(lua_State *L, json_holder *h, json_t *value) {
     break;
   }
   case JSON_STRING:
-    lua_pushlstring(L, json_string_value(value), json_string_length(value));
+    push_decoded(L, h, json_string_value(value), json_string_length(value));
     break;
   case JSON_INTEGER:
     lua_pushinteger(L, (lua_Integer)json_integer_value(value));
@@ -119,16 +184,45 @@ static void decode_value(lua_State *L, json_holder *h, json_t *value) {
   }
 }
 
+/* A raw NUL byte is never valid JSON (inside a string it must be written \u0000), but
+   jansson's reader takes one after a complete value as the end of the text. */
+static int refuse_nul(lua_State *L, const char *text, size_t len) {
+  const char *nul = memchr(text, '\0', len);
+  lua_Integer line = 1, column = 1;
+  if (nul == NULL)
+    return 0;
+  for (const char *c = text; c < nul; c++) {
+    if (*c == '\n')
+      line++, column = 1;
+    else if (((unsigned char)*c & 0xc0) != 0x80)
+      column++;
+  }
+  return luaL_error(L,
+                    "json.decode: NUL byte (a raw 0x00; write \\u0000 inside a string) at byte %I "
+                    "(line %I, column %I)",
+                    (lua_Integer)(nul - text) + 1, line, column);
+}
+
 static int module_decode(lua_State *L) {
   size_t len;
   const char *text = luaL_checklstring(L, 1, &len);
+  refuse_nul(L, text, len);
   json_holder *h = holder_push(L);
   json_error_t error;
   /* Without JSON_DISABLE_EOF_CHECK jansson rejects anything after the value. */
   h->root = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &error);
-  if (h->root == NULL)
-    return luaL_error(L, "json.decode: %s at byte %d (line %d, column %d)", error.text,
-                      error.position, error.line, error.column);
+  if (h->root == NULL && json_error_code(&error) == json_error_null_byte_in_key &&
+      push_nul_marked(L, text, len)) {
+    h->nul_as_mark = 1;
+    h->root = json_loadb(lua_tostring(L, -1), len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &error);
+    lua_pop(L, 1);
+  }
+  if (h->root == NULL) {
+    /* jansson quotes the token it stopped at: show it as written */
+    const char *what = h->nul_as_mark ? luaL_gsub(L, error.text, "\\uFDD0", "\\u0000") : error.text;
+    return luaL_error(L, "json.decode: %s at byte %d (line %d, column %d)", what, error.position,
+                      error.line, error.column);
+  }
   decode_value(L, h, h->root);
   holder_release(h);
   return 1;
@@ -150,8 +244,11 @@ typedef struct path_seg {
 typedef struct {
   lua_State *L;
   json_holder *holder;
-  int seen;      /* stack index of a table: Lua table being encoded -> its path_seg */
-  int precision; /* significant digits that make every float so far read back exactly */
+  int seen;        /* stack index of a table: Lua table being encoded -> its path_seg */
+  int done;        /* stack index of the set of tables encoded so far, to notice a repeat */
+  int repeating;   /* how many of the tables being encoded are repeats */
+  size_t repeated; /* values written inside repeats (MAX_REPEATED) */
+  int precision;   /* significant digits that make every float so far read back exactly */
 } encoder;
 
 /* Paths this deep are shortened to their first and last segments in messages. */
@@ -361,6 +458,16 @@ static void encode_table(encoder *e, int idx, const path_seg *at) {
   lua_pushvalue(L, idx);
   lua_pushlightuserdata(L, (void *)at);
   lua_rawset(L, e->seen);
+  lua_pushvalue(L, idx);
+  int again = lua_rawget(L, e->done) != LUA_TNIL;
+  lua_pop(L, 1);
+  if (again) {
+    e->repeating++;
+  } else {
+    lua_pushvalue(L, idx);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, e->done);
+  }
   switch (tug_table_kind(L, idx)) {
   case TUG_TABLE_ARRAY:
     encode_array(e, idx, at);
@@ -376,10 +483,19 @@ static void encode_table(encoder *e, int idx, const path_seg *at) {
   lua_pushvalue(L, idx);
   lua_pushnil(L);
   lua_rawset(L, e->seen);
+  if (again)
+    e->repeating--;
 }
 
 static void encode_value(encoder *e, int idx, const path_seg *at) {
   lua_State *L = e->L;
+  if (e->repeating > 0 && (e->repeated += 1 + (lua_type(L, idx) == LUA_TSTRING
+                                                   ? lua_rawlen(L, idx) / STRING_BYTES_PER_VALUE
+                                                   : 0)) > MAX_REPEATED)
+    encode_fail(e, at,
+                "tables shared by several branches repeat more than %d values (shared tables "
+                "nested in shared tables multiply)",
+                MAX_REPEATED);
   switch (lua_type(L, idx)) {
   case LUA_TNIL:
     encode_fail(e, at, "cannot encode nil (use json.null for null)");
@@ -462,6 +578,10 @@ static int module_encode(lua_State *L) {
   e.holder = holder_push(L);
   lua_newtable(L);
   e.seen = lua_gettop(L);
+  lua_newtable(L);
+  e.done = lua_gettop(L);
+  e.repeating = 0;
+  e.repeated = 0;
   /* %.15g already prints a float's shortest form when that has at most 15 digits (DBL_DIG),
      with trailing zeros stripped, so starting there gives the same text in at most three
      tries instead of up to seventeen. */

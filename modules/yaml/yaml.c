@@ -28,6 +28,19 @@
 /* Deeper documents are refused: the builders recurse on the C stack. */
 #define MAX_NESTING 512
 
+/* A document may repeat, through aliases, at most this many nodes in all: an alias counts
+   as every node of the anchored value, expanded. Aliases share the anchored Lua table, so
+   decoding stays linear, but every walk of the result (json.encode, resolving an
+   environment's references, a diff) visits the expansion, and ten nested aliases of ten
+   items each (the "billion laughs") expand to 10^10 nodes. The cap bounds any such walk by
+   the size of the text plus this many nodes; real manifests and environments repeat a few
+   hundred. A scalar weighs one node more per SCALAR_BYTES_PER_NODE bytes of its text, so
+   that the repeats of a long string count for its length: the repeated text is bounded
+   too, at 64 MB. The encoder caps the values it writes again for shared tables the same
+   way. */
+#define MAX_ALIAS_EXPANSION 1000000
+#define SCALAR_BYTES_PER_NODE 64
+
 /* Error paths deeper than twice this keep only their first and last segments. */
 #define PATH_KEEP 16
 
@@ -208,8 +221,10 @@ typedef struct decoder {
   const char *name;   /* what errors call the input: opts.name, the path, "<string>" */
   const char *text;   /* the input, to place reader errors (they only know an offset) */
   size_t text_len;
-  char *file_text; /* load_file's copy of the file, freed with the parser */
-  int anchors;     /* stack index of the current document's anchor table */
+  char *file_text;  /* load_file's copy of the file, freed with the parser */
+  int anchors;      /* stack index of the current document's anchor table */
+  int anchor_sizes; /* stack index of anchor name -> nodes in its value, expanded */
+  size_t expanded;  /* nodes the current document's aliases have repeated so far */
 } decoder;
 
 static int decode_error(lua_State *L, decoder *d, yaml_mark_t mark, const char *fmt, ...) {
@@ -355,8 +370,10 @@ static int has_marker(lua_State *L, int idx, const char *mt) {
   return same;
 }
 
-static void push_alias(lua_State *L, decoder *d) {
+/* Pushes the anchored value and returns its size, expanded (see MAX_ALIAS_EXPANSION). */
+static size_t push_alias(lua_State *L, decoder *d) {
   const char *name = (const char *)d->event.data.alias.anchor;
+  size_t size;
   lua_pushstring(L, name);
   lua_rawget(L, d->anchors);
   if (lua_isnil(L, -1))
@@ -365,21 +382,34 @@ static void push_alias(lua_State *L, decoder *d) {
      which would make every recursive walk of the result (including json.encode) loop. */
   if (lua_type(L, -1) == LUA_TLIGHTUSERDATA && lua_touserdata(L, -1) == d)
     decode_error(L, d, d->event.start_mark, "alias *%s refers to a node that contains it", name);
+  lua_pushstring(L, name);
+  lua_rawget(L, d->anchor_sizes);
+  size = (size_t)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  if (size > MAX_ALIAS_EXPANSION - d->expanded)
+    decode_error(L, d, d->event.start_mark,
+                 "alias *%s would make the document's aliases repeat more than %d nodes "
+                 "(nested aliases multiply, as in a \"billion laughs\")",
+                 name, MAX_ALIAS_EXPANSION);
+  d->expanded += size;
+  return size;
 }
 
-static void build_node(lua_State *L, decoder *d, int depth);
+static size_t build_node(lua_State *L, decoder *d, int depth);
 
-static void build_sequence(lua_State *L, decoder *d, int depth) {
+static size_t build_sequence(lua_State *L, decoder *d, int depth) {
   lua_Integer n = 0;
+  size_t size = 1;
   lua_newtable(L);
   tug_mark_table(L, -1, TUG_ARRAY_MT);
   for (;;) {
     next_event(L, d);
     if (d->event.type == YAML_SEQUENCE_END_EVENT)
       break;
-    build_node(L, d, depth + 1);
+    size += build_node(L, d, depth + 1);
     lua_rawseti(L, -2, ++n);
   }
+  return size;
 }
 
 static int is_merge_key(const yaml_event_t *e) {
@@ -444,8 +474,9 @@ static void push_key_text(lua_State *L, int idx) {
     luaL_tolstring(L, idx, NULL);
 }
 
-static void build_mapping(lua_State *L, decoder *d, int depth) {
+static size_t build_mapping(lua_State *L, decoder *d, int depth) {
   int map, sources = 0;
+  size_t size = 1;
   lua_newtable(L);
   map = lua_gettop(L);
   tug_mark_table(L, map, TUG_OBJECT_MT);
@@ -460,7 +491,7 @@ static void build_mapping(lua_State *L, decoder *d, int depth) {
       decode_error(L, d, key_mark, "a mapping key must be a scalar, not a %s",
                    d->event.type == YAML_MAPPING_START_EVENT ? "mapping" : "sequence");
     merge = is_merge_key(&d->event);
-    build_node(L, d, depth + 1);
+    size += build_node(L, d, depth + 1);
     if (lua_type(L, -1) == LUA_TTABLE)
       decode_error(L, d, key_mark, "a mapping key must be a scalar, not an alias of a collection");
     if (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) != lua_tonumber(L, -1))
@@ -468,7 +499,8 @@ static void build_mapping(lua_State *L, decoder *d, int depth) {
 
     next_event(L, d);
     value_mark = d->event.start_mark;
-    build_node(L, d, depth + 1);
+    /* A merged mapping's size counts every source whole: more than the keys it takes. */
+    size += build_node(L, d, depth + 1);
     if (merge) {
       if (sources == 0) {
         lua_newtable(L);
@@ -491,19 +523,21 @@ static void build_mapping(lua_State *L, decoder *d, int depth) {
     apply_merges(L, map, sources);
     lua_settop(L, map);
   }
+  return size;
 }
 
-/* Pushes the value of the node whose first event is being looked at. */
-static void build_node(lua_State *L, decoder *d, int depth) {
+/* Pushes the value of the node whose first event is being looked at; returns its number of
+   nodes with every alias in it expanded. */
+static size_t build_node(lua_State *L, decoder *d, int depth) {
   yaml_event_t *e = &d->event;
   const char *anchor = NULL;
   int anchored;
+  size_t size = 1;
   if (depth > MAX_NESTING || !lua_checkstack(L, 10))
     decode_error(L, d, e->start_mark, "nesting deeper than %d levels", MAX_NESTING);
   switch (e->type) {
   case YAML_ALIAS_EVENT:
-    push_alias(L, d);
-    return;
+    return push_alias(L, d);
   case YAML_SCALAR_EVENT:
     anchor = (const char *)e->data.scalar.anchor;
     break;
@@ -524,18 +558,23 @@ static void build_node(lua_State *L, decoder *d, int depth) {
     lua_pushlightuserdata(L, d);
     lua_rawset(L, d->anchors);
   }
-  if (e->type == YAML_SCALAR_EVENT)
+  if (e->type == YAML_SCALAR_EVENT) {
+    size += e->data.scalar.length / SCALAR_BYTES_PER_NODE;
     push_scalar(L, d);
-  else if (e->type == YAML_SEQUENCE_START_EVENT)
-    build_sequence(L, d, depth);
+  } else if (e->type == YAML_SEQUENCE_START_EVENT)
+    size = build_sequence(L, d, depth);
   else
-    build_mapping(L, d, depth);
+    size = build_mapping(L, d, depth);
   if (anchored) {
+    lua_pushvalue(L, -2);
+    lua_pushinteger(L, (lua_Integer)size);
+    lua_rawset(L, d->anchor_sizes);
     lua_pushvalue(L, -2);
     lua_pushvalue(L, -2);
     lua_rawset(L, d->anchors);
     lua_remove(L, -2);
   }
+  return size;
 }
 
 /* Runs under lua_pcall: (decoder, all) -> the document, or the array of documents. */
@@ -549,6 +588,8 @@ static int decode_stream(lua_State *L) {
     tug_mark_table(L, 3, TUG_ARRAY_MT);
   lua_pushnil(L); /* 4: the anchors; each document has its own */
   d->anchors = 4;
+  lua_pushnil(L); /* 5: the anchors' expanded sizes */
+  d->anchor_sizes = 5;
   next_event(L, d); /* stream start */
   for (;;) {
     next_event(L, d);
@@ -559,6 +600,9 @@ static int decode_stream(lua_State *L) {
                    "expected a single document but found another (use yaml.decode_all)");
     lua_newtable(L);
     lua_replace(L, 4);
+    lua_newtable(L);
+    lua_replace(L, 5);
+    d->expanded = 0;
     next_event(L, d);
     build_node(L, d, 1);
     lua_rawseti(L, 3, ++documents);
@@ -710,7 +754,10 @@ typedef struct encoder {
   char *out; /* the text written so far */
   size_t out_len, out_cap;
   int explicit_start;
-  int visiting; /* stack index of the set of tables being encoded, to catch cycles */
+  int visiting;    /* stack index of table -> true while it is being encoded (a cycle if met
+                      again), false once written (a repeat if met again) */
+  int repeating;   /* how many of the tables being encoded are repeats */
+  size_t repeated; /* values written inside repeats (MAX_ALIAS_EXPANSION) */
   int depth;
   /* How the value being encoded was reached: a sequence index, or the stack index of a
      mapping key (0 for the index kind). */
@@ -1063,13 +1110,16 @@ static void encode_table(lua_State *L, encoder *en, int idx) {
   yaml_event_t event;
   if (en->depth >= MAX_NESTING || !lua_checkstack(L, 10))
     encode_error(L, en, lua_pushfstring(L, "nesting deeper than %d levels", MAX_NESTING));
+  int again;
   lua_pushvalue(L, idx);
-  if (lua_rawget(L, en->visiting) != LUA_TNIL)
+  again = lua_rawget(L, en->visiting) != LUA_TNIL;
+  if (lua_toboolean(L, -1))
     encode_error(L, en, "cycle (the table contains itself)");
   lua_pop(L, 1);
   lua_pushvalue(L, idx);
   lua_pushboolean(L, 1);
   lua_rawset(L, en->visiting);
+  en->repeating += again;
 
   switch (tug_table_kind(L, idx)) {
   case TUG_TABLE_EMPTY:
@@ -1089,12 +1139,23 @@ static void encode_table(lua_State *L, encoder *en, int idx) {
   }
 
   lua_pushvalue(L, idx);
-  lua_pushnil(L);
+  lua_pushboolean(L, 0);
   lua_rawset(L, en->visiting);
+  en->repeating -= again;
 }
 
 static void encode_value(lua_State *L, encoder *en, int idx) {
   idx = lua_absindex(L, idx);
+  /* A table shared by several branches is written again, whole: as on decoding, such
+     repeats are capped, or tables shared inside shared tables would multiply. */
+  if (en->repeating > 0 && (en->repeated += 1 + (lua_type(L, idx) == LUA_TSTRING
+                                                     ? lua_rawlen(L, idx) / SCALAR_BYTES_PER_NODE
+                                                     : 0)) > MAX_ALIAS_EXPANSION)
+    encode_error(L, en,
+                 lua_pushfstring(L,
+                                 "tables shared by several branches repeat more than %d values "
+                                 "(shared tables nested in shared tables multiply)",
+                                 MAX_ALIAS_EXPANSION));
   switch (lua_type(L, idx)) {
   case LUA_TNIL:
     emit_plain(L, en, "null");

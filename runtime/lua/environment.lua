@@ -108,14 +108,20 @@ local function resolve_string(path, key, s, doc)
   return table.concat(out)
 end
 
-local function resolve(path, key, value, doc)
+-- Resolves every string in value, in place. A table that YAML aliases share is resolved
+-- once, where it is first reached (errors name that path): walking it again would resolve
+-- a value twice (a secret containing "${" would be substituted again) and, for aliases of
+-- aliases, take time exponential in the nesting.
+local function resolve(path, key, value, doc, seen)
   if type(value) == "string" then
     return resolve_string(path, key, value, doc)
-  elseif type(value) == "table" then
+  elseif type(value) == "table" and not seen[value] then
+    seen[value] = true
     for k, v in pairs(value) do
-      local sub = type(k) == "number" and string.format("%s[%d]", key, k - 1)
+      -- a float key (YAML `0.05: warn`) has no index to print: it is named like a word
+      local sub = math.type(k) == "integer" and string.format("%s[%d]", key, k - 1)
         or (key == "" and tostring(k) or key .. "." .. tostring(k))
-      value[k] = resolve(path, sub, v, doc)
+      value[k] = resolve(path, sub, v, doc, seen)
     end
   end
   return value
@@ -146,7 +152,7 @@ function M.load(name, opts)
   if doc.lock ~= nil and doc.lock ~= "file" and doc.lock ~= "kubernetes" then
     fail(path, "lock", "must be file or kubernetes, not %s", tostring(doc.lock))
   end
-  if opts.resolve_refs ~= false then resolve(path, "", doc, doc) end
+  if opts.resolve_refs ~= false then resolve(path, "", doc, doc, {}) end
   doc.name = doc.name or name
   return doc, path
 end
