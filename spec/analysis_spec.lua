@@ -90,7 +90,7 @@ describe("analysis.run with a real Prometheus", function()
     assert.are.equal(2, m.n)
     assert.are.equal("value", m.outcome)
     assert.are.equal("all 2 metrics passed over 4 measurements: error-rate 0.0004 (value < 0.001); "
-      .. "p95 0.21 (value <= thresholds.p95_ms / 1000)", r.reason)
+      .. "p95 0.21 (value <= thresholds.p95_ms / 1000 where thresholds.p95_ms = 500)", r.reason)
     assert.are.equal(8, #seen)
     -- the measurements were spaced by the interval, not taken at once
     local ms = r.metrics["error-rate"].measurements
@@ -274,7 +274,8 @@ return playbook {
       "analysis: error-rate #1/3 0.0004 -> success",
       "analysis: error-rate #2/3 0.0004 -> success",
       "analysis: error-rate #3/3 0.0004 -> success",
-      "analysis: success: all 1 metric passed over 3 measurements: error-rate 0.0004 (value < thresholds.error_rate)",
+      "analysis: success: all 1 metric passed over 3 measurements: error-rate 0.0004 (value < thresholds.error_rate " ..
+        "where thresholds.error_rate = 0.001)",
     }, messages)
     local plan = p:tug({ "plan", "canary" })
     assert.are.equal(0, plan.code, plan.stdout .. plan.stderr)

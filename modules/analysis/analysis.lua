@@ -75,6 +75,22 @@ local function condition_vars(spec)
   return vars
 end
 
+-- " where thresholds.error_rate = 0.001": the values of the names a text condition uses, so
+-- that a verdict shows what a measurement was held to, not only the name of it.
+local function values_of(text, vars)
+  local shown, seen = {}, {}
+  for name in text:gmatch("[%a_][%w_]*%.[%w_%.]+") do
+    local v = vars
+    for part in name:gmatch("[^%.]+") do v = type(v) == "table" and v[part] or nil end
+    if v ~= nil and type(v) ~= "table" and not seen[name] then
+      seen[name] = true
+      shown[#shown + 1] = name .. " = " .. tostring(v)
+    end
+  end
+  if #shown == 0 then return "" end
+  return " where " .. table.concat(shown, ", ")
+end
+
 -- A condition -> { fn = function(value, result) -> boolean, text = "value < 0.001" }.
 local function condition(value, what, where, vars)
   if value == nil then return nil end
@@ -82,7 +98,7 @@ local function condition(value, what, where, vars)
   if type(value) == "string" then
     local ok, fn = pcall(expr.compile, value, vars)
     if not ok then spec_error(where, "%s: %s", what, tostring(fn)) end
-    return { fn = fn, text = value }
+    return { fn = fn, text = value .. values_of(value, vars) }
   end
   spec_error(where, "%s must be a function(value) or a condition such as \"value < 0.001\" (got %s)", what, type(value))
 end
