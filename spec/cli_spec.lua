@@ -123,3 +123,77 @@ describe("tug command line", function()
     assert.is_nil(io.open("/proc/" .. pid .. "/stat"))
   end)
 end)
+
+describe("--context and --namespace", function()
+  local project = require("project")
+  local simtest = dofile("spec/support/sim.lua")
+  local cluster, p
+  setup(function() cluster = simtest.start({ port = 0 }) end)
+  teardown(function() cluster:close() end)
+  before_each(function()
+    p = project.new()
+    -- two contexts: the environment names one where nothing listens
+    p:write("kubeconfig", ([[
+apiVersion: v1
+kind: Config
+clusters:
+  - { name: nowhere, cluster: { server: "http://127.0.0.1:1" } }
+  - { name: sim, cluster: { server: "%s" } }
+users: [{ name: me, user: {} }]
+contexts:
+  - { name: broken, context: { cluster: nowhere, user: me, namespace: default } }
+  - { name: simulated, context: { cluster: sim, user: me, namespace: default } }
+current-context: broken
+]]):format(cluster.url))
+    p:write("environments/staging.yaml", ("name: staging\nkubernetes: { kubeconfig: %s/kubeconfig, context: broken, namespace: default }\n")
+      :format(p.dir))
+    p:write("playbooks/look.lua", [[
+return playbook { steps = {
+  step "read the live deployment" { read_only = true, run = function(ctx)
+    local d = k8s.connect(ctx.env.kubernetes):get("deployment", "api-blue")
+    ctx.log.info("found " .. d.metadata.namespace .. "/" .. d.metadata.name)
+  end },
+} }]])
+  end)
+  after_each(function() p:remove() end)
+
+  it("runs against the context and namespace given instead of the environment's, and records them", function()
+    local r = p:tug({ "run", "look", "--env", "staging", "--output", "plain" })
+    assert.are.equal(1, r.code, r.stdout .. r.stderr) -- the environment's context: nothing there
+    r = p:tug({ "run", "look", "--env", "staging", "--context", "simulated", "--namespace", "multiship", "--output", "plain" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.matches("found multiship/api%-blue", r.stdout)
+    local start = p:journal()[1]
+    assert.are.same({ context = "simulated", namespace = "multiship" }, start.kubernetes)
+    r = p:tug({ "plan", "look", "--env", "staging", "--context", "simulated", "--namespace", "multiship" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+  end)
+
+  it("keeps a run's context and namespace when it is resumed", function()
+    p:write("playbooks/die.lua", [[
+return playbook { steps = {
+  step "first" { run = function() end },
+  step "read after a crash" { run = function(ctx)
+    if not io.open("crashed") then io.open("crashed", "w"):close() os.exit(9) end
+    local d = k8s.connect(ctx.env.kubernetes):get("deployment", "api-blue")
+    ctx.log.info("found " .. d.metadata.namespace .. "/" .. d.metadata.name)
+  end },
+} }]])
+    local r = p:tug({ "run", "die", "--env", "staging", "--context", "simulated", "--namespace", "multiship" })
+    assert.are.equal(9, r.code, r.stdout .. r.stderr)
+    local _, id = p:journal()
+    r = p:tug({ "resume", id, "--output", "plain" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.matches("found multiship/api%-blue", r.stdout)
+  end)
+
+  it("refuses a context for an environment that does not use a kubeconfig, and a name that is not one", function()
+    p:write("environments/local.yaml", "name: local\nkubernetes: { simulate: true, namespace: multiship }\n")
+    local r = p:tug({ "run", "look", "--context", "prod" })
+    assert.are.equal(2, r.code)
+    assert.matches("%-%-context: environment 'local' reaches its cluster through the simulator", r.stderr)
+    r = p:tug({ "run", "look", "--env", "staging", "--namespace", "a b" })
+    assert.are.equal(2, r.code)
+    assert.matches("%-%-namespace: 'a b' is not a namespace name", r.stderr)
+  end)
+end)

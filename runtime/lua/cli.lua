@@ -28,10 +28,10 @@ end
 
 -- Flags each command accepts: name -> takes a value?
 local FLAGS = {
-  run = { env = true, playbooks = true, step = false, ["no-step"] = false, yes = false, from = true, tags = true,
+  run = { env = true, context = true, namespace = true, playbooks = true, step = false, ["no-step"] = false, yes = false, from = true, tags = true,
     ["no-undo"] = false, output = true, junit = true, ["break-lock"] = false, every = true, ["metrics-listen"] = true },
-  plan = { env = true, playbooks = true, from = true, tags = true, output = true },
-  resume = { yes = false, step = false, ["no-step"] = false, output = true, junit = true, playbooks = true },
+  plan = { env = true, context = true, namespace = true, playbooks = true, from = true, tags = true, output = true },
+  resume = { context = true, namespace = true, yes = false, step = false, ["no-step"] = false, output = true, junit = true, playbooks = true },
   list = { playbooks = true },
   describe = { playbooks = true },
   check = { playbooks = true },
@@ -226,6 +226,34 @@ local function load_env(name, explicit)
   return env
 end
 
+-- --context and --namespace: the kubeconfig context and namespace the environment's
+-- Kubernetes section names, overridden for this run (a resume keeps those of its run
+-- unless given again). Returns the override (nil when none), or nil and a usage message.
+local function kubernetes_override(env, flags, previous)
+  local override = {}
+  for _, key in ipairs({ "context", "namespace" }) do
+    local value = flags[key] or (previous and previous[key])
+    if value ~= nil then
+      if type(value) ~= "string" or not value:match("^[%w][%w%-%._@:/]*$") then
+        return nil, string.format("--%s: '%s' is not a %s name", key, tostring(value), key)
+      end
+      override[key] = value
+    end
+  end
+  if next(override) == nil then return nil end
+  local k = env.kubernetes or {}
+  if override.context and (k.simulate or k.server) then
+    return nil, string.format("--context: environment '%s' reaches its cluster through %s, not a kubeconfig context",
+      env.name, k.simulate and "the simulator (kubernetes.simulate)" or "kubernetes.server")
+  end
+  local copy = {}
+  for key, value in pairs(k) do copy[key] = value end
+  for key, value in pairs(override) do copy[key] = value end
+  if override.context then copy.cluster = nil end -- a context names its own cluster
+  env.kubernetes = copy
+  return override
+end
+
 local function reporter_for(flags)
   if flags.output and not report.OUTPUTS[flags.output] then
     return nil, string.format("--output must be tty, plain or json, not '%s'", flags.output)
@@ -303,6 +331,8 @@ local function cmd_run(flags, params, rest, plan)
   end
   local env, env_err = load_env(flags.env or "local", flags.env ~= nil or plan)
   if not env then return usage("%s", env_err) end
+  local override, oerr = kubernetes_override(env, flags)
+  if oerr then return usage("%s", oerr) end
   local reporter, rerr = reporter_for(flags)
   if not reporter then return usage("%s", rerr) end
   local tags, tag_list = tag_set(flags.tags)
@@ -321,6 +351,7 @@ local function cmd_run(flags, params, rest, plan)
       pb = pb, env = env, params = values, plan = plan, yes = flags.yes, step_mode = step_mode(pb, flags),
       from = flags.from, tags = tags, tag_list = tag_list, no_undo = flags["no-undo"],
       reporter = each_reporter, break_lock = flags["break-lock"], on_interrupt = on_interrupt,
+      kubernetes_override = override,
       notify_when = notify_when,
     })
   end
@@ -351,6 +382,8 @@ local function cmd_resume(flags, _, rest)
   end
   local env, env_err = load_env(run.env, true)
   if not env then return usage("%s", env_err) end
+  local override, oerr = kubernetes_override(env, flags, run.kubernetes)
+  if oerr then return usage("%s", oerr) end
   local reporter, rerr = reporter_for(flags)
   if not reporter then return usage("%s", rerr) end
   local ok, serr = check_step_mode(pb, flags)
@@ -358,7 +391,7 @@ local function cmd_resume(flags, _, rest)
   if not ok then return usage("%s", serr) end
   return engine.run({
     pb = pb, env = env, params = run.params or {}, yes = flags.yes, step_mode = step_mode(pb, flags),
-    reporter = reporter, resume = run,
+    reporter = reporter, resume = run, kubernetes_override = override,
   })
 end
 

@@ -542,7 +542,8 @@ function M.run(opts)
   self:emit({ event = resume and "run_resume" or "run_start", run_id = self.run_id, playbook = pb.name,
     path = pb.path, env = self.env.name, params = self.params, steps = names, plan = self.plan or nil,
     resumed_from = first_resumed, state = resume and self.recorded or nil,
-    pid = not self.plan and tug.sys.pid() or nil, host = not self.plan and tug.sys.hostname() or nil })
+    pid = not self.plan and tug.sys.pid() or nil, host = not self.plan and tug.sys.hostname() or nil,
+    kubernetes = opts.kubernetes_override })
   self:sync()
 
   local status, reason = "succeeded", nil

@@ -7,6 +7,8 @@ local M = {}
 -- Each command: its synopsis, one line of what it does, more lines, and its options.
 local RUN_OPTIONS = {
   { "--env E", "environment (environments/E.yaml; default local)" },
+  { "--context C", "the kubeconfig context to use instead of the environment's kubernetes.context" },
+  { "--namespace N", "the namespace to use instead of the environment's kubernetes.namespace" },
   { "--step", "ask before every step: run, skip or abort (on-call mode)" },
   { "--no-step", "run a step-by-step runbook straight through" },
   { "--yes", "answer yes to confirmations (CI)" },
@@ -24,6 +26,16 @@ local RUN_OPTIONS = {
   { "--playbooks DIR", "look for playbooks in DIR (also TUG_PATH=DIR:DIR; default ./playbooks)" },
 }
 
+-- The options of RUN_OPTIONS whose flags are given, in RUN_OPTIONS' order.
+local function run_options(...)
+  local wanted, out = {}, {}
+  for _, flag in ipairs({ ... }) do wanted[flag] = true end
+  for _, o in ipairs(RUN_OPTIONS) do
+    if wanted[o[1]:match("^%S+")] then out[#out + 1] = o end
+  end
+  return out
+end
+
 M.commands = {
   { group = "playbooks", name = "init", synopsis = "init [DIR]",
     summary = "start a project: a first playbook (hello) with its spec, a local environment on a " ..
@@ -39,9 +51,7 @@ M.commands = {
     options = { { "--playbooks DIR", "look for playbooks in DIR" } } },
   { group = "playbooks", name = "plan", synopsis = "plan NAME [key=value...]",
     summary = "show each step and the changes it would make; changes nothing",
-    options = {
-      RUN_OPTIONS[1], RUN_OPTIONS[5], RUN_OPTIONS[6], RUN_OPTIONS[8], RUN_OPTIONS[#RUN_OPTIONS],
-    } },
+    options = run_options("--env", "--context", "--namespace", "--from", "--tags", "--output", "--playbooks") },
   { group = "playbooks", name = "run", synopsis = "run NAME [key=value...]",
     summary = "run it; on a failure, undo the completed steps in reverse", options = RUN_OPTIONS },
   { group = "playbooks", name = "runs", synopsis = "runs [--prune ...]",
@@ -58,8 +68,8 @@ M.commands = {
   { group = "playbooks", name = "show", synopsis = "show RUN_ID", summary = "one run: steps, results, decisions, saved state" },
   { group = "playbooks", name = "resume", synopsis = "resume RUN_ID",
     summary = "continue a run that died, from its first unfinished step",
-    options = { RUN_OPTIONS[2], RUN_OPTIONS[3], RUN_OPTIONS[4], RUN_OPTIONS[8], RUN_OPTIONS[9],
-      RUN_OPTIONS[#RUN_OPTIONS] } },
+    options = run_options("--context", "--namespace", "--step", "--no-step", "--yes", "--output", "--junit",
+      "--playbooks") },
   { group = "playbooks", name = "sim", synopsis = "sim [--port N] [--scenario FILE] [--kubeconfig FILE]",
     summary = "serve the simulated Kubernetes cluster (the local environment's) until Ctrl-C; " ..
       "kubectl works against it" },

@@ -316,6 +316,7 @@ function M.summarise(events)
       run.step_names = e.steps or run.step_names
       run.status = "running"
       run.pid, run.host = e.pid, e.host
+      run.kubernetes = e.kubernetes -- --context / --namespace, which a resume keeps
       if e.state ~= nil then current = advance(run, current, e) end
     elseif e.event == "step_end" then
       run.steps[e.index] = e
