@@ -192,7 +192,7 @@ describe("one process per run", function()
     assert.are.equal(2, r.code)
     assert.matches("already ended: succeeded", r.stderr)
     assert.are.same({ first.pid }, effects(p).three)
-    assert.is_false(p:exists(".tug/runs/" .. run_id .. ".lock"))
+    assert.is_false(p:exists(".tug/locks/runs/" .. run_id .. ".lock"))
   end)
 
   it("takes over only the lock of the run it resumes; another run's needs --break-lock", function()
@@ -274,16 +274,17 @@ describe("file modes", function()
       local proc = spawn_with_umask(umask, { "run", "pb" })
       assert.is_true(project.wait_for(function() return #effects(p).four == 1 end))
       local _, run_id = p:journal()
-      assert.are.same({ "700", "700", "700", "600", "600", "600" }, {
-        mode(".tug"), mode(".tug/runs"), mode(".tug/locks"), mode(".tug/runs/" .. run_id .. ".jsonl"),
-        mode(".tug/runs/" .. run_id .. ".lock"), mode(".tug/locks/local--deploy.lock") })
+      assert.are.same({ "700", "700", "700", "700", "600", "600", "600" }, {
+        mode(".tug"), mode(".tug/runs"), mode(".tug/locks"), mode(".tug/locks/runs"),
+        mode(".tug/runs/" .. run_id .. ".jsonl"), mode(".tug/locks/runs/" .. run_id .. ".lock"),
+        mode(".tug/locks/local--deploy.lock") })
       p:write("release", "")
       local r = proc:wait()
       assert.are.equal(0, r.code, r.stdout .. r.stderr)
-      assert.is_nil(mode(".tug/runs/" .. run_id .. ".lock"))
+      assert.is_nil(mode(".tug/locks/runs/" .. run_id .. ".lock"))
       assert.is_nil(mode(".tug/locks/local--deploy.lock"))
-      local leftovers = tug.sys.listdir(p.dir .. "/.tug/locks")
-      assert.are.same({}, leftovers)
+      assert.are.same({ { name = "runs", type = "dir" } }, tug.sys.listdir(p.dir .. "/.tug/locks"))
+      assert.are.same({}, tug.sys.listdir(p.dir .. "/.tug/locks/runs"))
     end)
   end
 
@@ -317,7 +318,7 @@ describe("a lock that cannot be written", function()
     p:write("not-a-dir", "")
     local r = p:tug({ "run", "pb" }, { env = { TUG_HOME = p.dir .. "/not-a-dir/.tug" } })
     assert.are.equal(1, r.code, r.stdout .. r.stderr)
-    assert.matches("^tug: cannot create the journal directory: mkdir .-/not%-a%-dir/%.tug: Not a directory\n$", r.stderr)
+    assert.matches("^tug: cannot create the lock directory: mkdir .-/not%-a%-dir/%.tug: Not a directory\n$", r.stderr)
     assert.is_nil(p:read("effects.txt"))
   end)
 
@@ -327,8 +328,7 @@ describe("a lock that cannot be written", function()
     assert.are.equal(1, r.code, r.stdout .. r.stderr)
     assert.matches("^tug: cannot create the lock directory: mkdir %.tug/locks: Not a directory\n$", r.stderr)
     assert.is_nil(p:read("effects.txt"))
-    -- and the run's own claim was let go
-    assert.are.same({}, tug.sys.listdir(p.dir .. "/.tug/runs"))
+    assert.is_nil(tug.sys.listdir(p.dir .. "/.tug/runs"))
   end)
 
   it("says why when the lock file cannot be opened, exit 1", function()
@@ -339,5 +339,7 @@ describe("a lock that cannot be written", function()
     assert.matches("^tug: cannot read the lock file: cannot open %.tug/locks/local%-%-deploy%.lock: Is a directory\n$",
       r.stderr)
     assert.is_nil(p:read("effects.txt"))
+    -- the run's own claim, taken first, was let go
+    assert.are.same({}, tug.sys.listdir(p.dir .. "/.tug/locks/runs"))
   end)
 end)

@@ -16,20 +16,22 @@ function M.dir()
 end
 
 -- Creates DIR (and any missing parent) owner-only. An existing DIR that others can reach
--- is tightened to 0700, with a notice (a warning when it cannot be). `kind` names the
--- structured error ("journal", "lock").
-function M.private_dir(dir, kind)
+-- is tightened to 0700, and notice(message) says so (or that it could not be); notice
+-- defaults to a line on stderr. `kind` names the structured error raised when DIR cannot
+-- be created ("journal", "lock", "backup"). Also used for database backups.
+function M.private_dir(dir, kind, notice)
   local ok, err = tug.sys.mkdir(dir, 448) -- 0700
   if not ok then error(tug.error.new(kind, "cannot create the " .. kind .. " directory: " .. err), 0) end
   local st = tug.sys.stat(dir)
   if not st or st.mode & 63 == 0 then return end -- no access for group and others
+  notice = notice or function(message) io.stderr:write("tug: ", message, "\n") end
   local tight, cerr = tug.sys.chmod(dir, st.mode & 448)
   if tight then
-    io.stderr:write(string.format("tug: %s was open to other users (mode %o); it is now owner-only (mode %o)\n",
+    notice(string.format("%s was open to other users (mode %o); it is now owner-only (mode %o)",
       dir, st.mode, st.mode & 448))
   else
-    io.stderr:write(string.format("tug: warning: %s is open to other users (mode %o) and cannot be made " ..
-      "owner-only (%s): what it holds may be read by them\n", dir, st.mode, cerr))
+    notice(string.format("warning: %s is open to other users (mode %o) and cannot be made owner-only (%s): " ..
+      "what it holds may be read by them", dir, st.mode, cerr))
   end
 end
 

@@ -1,7 +1,7 @@
 -- lock.lua: one run per lock and environment at a time, and one process per run id.
 --
 -- The file backend keeps .tug/locks/ENV--NAME.lock; each run also holds
--- .tug/runs/RUN_ID.lock for as long as a process runs or resumes it. A lock file names its
+-- .tug/locks/runs/RUN_ID.lock for as long as a process runs or resumes it. A lock file names its
 -- holder (host, pid, run, playbook, since) and the holder keeps an flock(2) on it until it
 -- ends (runtime/lockfile.c): on this host, "the holder is alive" means "its flock is held",
 -- which the kernel lets go when the process dies however it dies, so a reused pid cannot
@@ -132,14 +132,16 @@ end
 
 -- ---- one process per run ----
 
--- Takes .tug/runs/RUN_ID.lock for this process: the lockfile (its `<close>` releases it),
+-- Takes .tug/locks/runs/RUN_ID.lock for this process: the lockfile (its `<close>` releases it),
 -- or nil and a message saying who runs it. A lock left by a process of this host that died
 -- is taken over: it is this run's own. command: "run" or "resume".
 function M.run_lock(run_id, playbook, command)
-  journal.private_dir(journal.dir(), "journal")
-  local path = journal.dir() .. "/" .. run_id .. ".lock"
+  local dir = journal.home() .. "/locks/runs"
+  journal.private_dir(journal.home() .. "/locks", "lock")
+  journal.private_dir(dir, "lock")
+  local path = dir .. "/" .. run_id .. ".lock"
   local me = record({ run_id = run_id, playbook = playbook, command = command })
-  local handle, holder, reason = take(path, me, "journal", function() return true end)
+  local handle, holder, reason = take(path, me, "lock", function() return true end)
   if handle then return handle end
   if holder.unreadable then
     return nil, string.format("run %s is already running (%s cannot be read)", run_id, path)
