@@ -144,7 +144,8 @@ describe("run exclusivity", function()
       assert.are.same({ winner.pid }, e.three, "round " .. round)
       assert.are.same({ winner.pid }, e.four, "round " .. round)
       assert.are.equal(2, #e.two, "round " .. round)
-      assert.matches("succeeded", p:tug({ "show", run_id }).stdout)
+      local ending = p:read(".tug/runs/" .. run_id .. ".jsonl"):match('[^\n]*"event":"run_end"[^\n]*')
+      assert.are.equal("succeeded", json.decode(ending).status, "round " .. round)
     end
   end
 
