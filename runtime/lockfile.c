@@ -6,6 +6,9 @@
  * or none. Taking over a lock whose holder died needs that holder's flock first, and the
  * new record replaces the file only while it is held: of two contenders, one wins.
  *
+ * Over NFS, Linux turns flock into a POSIX lock, which a process loses when it closes any
+ * descriptor of the file: the holder never opens its own lock file again.
+ *
  * Exposed through tug.sys (runtime/sys.c) as lock_create and lock_probe, which return a
  * tug.lockfile userdata: the open, flocked descriptor of the file its path names. The
  * policy (whose lock may be taken over) is in runtime/lua/lock.lua.
@@ -116,7 +119,8 @@ static int publish(const char *path, const char *record, size_t len, int replace
   return fd;
 }
 
-/* Reads the record of an open lock file (at most RECORD_MAX bytes) onto the stack. */
+/* Pushes the record of an open lock file (at most RECORD_MAX bytes); on a read error
+   pushes nothing and returns -1 with errno set. */
 static int push_record(lua_State *L, int fd) {
   luaL_Buffer b;
   luaL_buffinit(L, &b);
@@ -126,8 +130,13 @@ static int push_record(lua_State *L, int fd) {
     ssize_t n = pread(fd, p, LUAL_BUFFERSIZE, at);
     if (n < 0 && errno == EINTR)
       continue;
-    if (n < 0)
+    if (n < 0) {
+      int e = errno;
+      luaL_pushresult(&b); /* leaves the stack as it was */
+      lua_pop(L, 1);
+      errno = e;
       return -1;
+    }
     if (n == 0)
       break;
     luaL_addsize(&b, (size_t)n);
@@ -201,6 +210,14 @@ static int lock_probe(lua_State *L) {
   }
   if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
     int e = errno;
+    if (e == EWOULDBLOCK && !same_file(fd, path)) {
+      /* taken over meanwhile: name the holder the path names now, if it can be read */
+      int now = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+      if (now >= 0 && push_record(L, now) == 0)
+        lua_remove(L, -2);
+      if (now >= 0)
+        close(now);
+    }
     close(fd);
     if (e == EWOULDBLOCK) {
       luaL_pushfail(L);

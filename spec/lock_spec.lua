@@ -229,10 +229,21 @@ describe("lock holders", function()
   end
 
   it("judges a holder by its flock, not its pid: a reused pid does not keep a dead run's lock", function()
-    holder({}) -- this very process has that pid, and holds no flock on the file
+    holder({ held_with = "flock" }) -- this very process has that pid, and holds no flock on the file
     local r = p:tug({ "run", "pb" })
     assert.are.equal(3, r.code, r.stdout .. r.stderr)
     assert.matches("held by run 20261201T000000%-beef of pb %(pid " .. tug.sys.pid() .. " .-that process is gone", r.stderr)
+    assert.are.equal(0, p:tug({ "run", "pb", "--break-lock" }).code)
+  end)
+
+  it("judges the lock of an older tug, which holds no flock, by its pid", function()
+    holder({}) -- no held_with: a live pid keeps it, even from --break-lock
+    local r = p:tug({ "run", "pb", "--break-lock" })
+    assert.are.equal(3, r.code, r.stdout .. r.stderr)
+    assert.matches("held by run 20261201T000000%-beef of pb %(pid " .. tug.sys.pid() .. " on [^)]+%)\n$", r.stderr)
+    holder({ pid = exec.run({ "true" }).pid }) -- a pid that is gone
+    r = p:tug({ "run", "pb" })
+    assert.matches("that process is gone", r.stderr)
     assert.are.equal(0, p:tug({ "run", "pb", "--break-lock" }).code)
   end)
 
@@ -267,7 +278,9 @@ describe("file modes", function()
   -- `tug ARGS` under a umask, started at once
   local function spawn_with_umask(umask, args)
     return exec.spawn({ "sh", "-c", "umask " .. umask .. "; exec \"$@\"", "sh", require("child").tug,
-      table.unpack(args) }, { cwd = p.dir, env = { CI = "true", TUG_HOME = false, HOLD = "1" }, timeout = 30 })
+      table.unpack(args) }, { cwd = p.dir, timeout = 30,
+      env = { CI = "true", TUG_HOME = false, TUG_PATH = false, TUG_ENVIRONMENTS = false, GITHUB_ACTIONS = false,
+        HOLD = "1" } })
   end
 
   for _, umask in ipairs({ "022", "000" }) do

@@ -25,8 +25,11 @@ local function decode(text)
   return ok and type(holder) == "table" and holder or { unreadable = true }
 end
 
+-- held_with = "flock" tells a contender that the holder keeps an flock on the file, so a
+-- free flock means it died; a record without it (an older tug) is judged by its pid.
 local function record(fields)
   fields.host, fields.pid, fields.since = tug.sys.hostname(), tug.sys.pid(), time.format()
+  fields.held_with = "flock"
   return fields
 end
 
@@ -49,6 +52,11 @@ local function take(path, me, kind, take_over)
       if not holder.unreadable and holder.host ~= me.host then
         probe:close()
         return nil, holder, "elsewhere"
+      end
+      if holder.held_with ~= "flock" and math.type(holder.pid) == "integer" and holder.pid > 0
+          and tug.sys.pid_alive(holder.pid) then
+        probe:close() -- written by a tug that does not flock: its pid is all there is to go by
+        return nil, holder, "held"
       end
       if not take_over(holder) then
         probe:close()
