@@ -153,7 +153,7 @@ describe("run exclusivity", function()
     function() resume_rounds("deploy", ROUNDS) end)
 
   it("does the same for a playbook without a lock", function()
-    resume_rounds(nil, math.max(1, ROUNDS // 5))
+    resume_rounds(nil, math.max(1, ROUNDS // 10))
   end)
 
   it(("lets exactly one of %d simultaneous --break-lock runs take a dead holder's lock, %d rounds")
