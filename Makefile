@@ -25,7 +25,7 @@ LDLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lm
 LDFLAGS  := -Wl,-E
 PREFIX   ?= /usr/local
 
-RUNTIME_SRC := runtime/main.c runtime/host.c runtime/scheduler.c runtime/redact.c runtime/duration.c runtime/plan.c runtime/sys.c runtime/buf.c
+RUNTIME_SRC := runtime/main.c runtime/host.c runtime/scheduler.c runtime/redact.c runtime/duration.c runtime/plan.c runtime/sys.c runtime/lockfile.c runtime/buf.c
 MODULE_SRC  := $(wildcard modules/*/*.c)
 # A module's entry point is modules/NAME/NAME.c (luaopen_tug_NAME).
 NATIVES     := $(foreach f,$(MODULE_SRC),$(if $(filter $(notdir $(patsubst %/,%,$(dir $f))),\

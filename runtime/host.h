@@ -38,6 +38,8 @@ int host_run_main(lua_State *L, int nargs, int returns_exit_code);
 void host_open_plan(lua_State *L);
 /* Pushes the tug.sys table (runtime/sys.c). */
 void host_open_sys(lua_State *L);
+/* Adds lock_create and lock_probe to the tug.sys table on top (runtime/lockfile.c). */
+void host_open_lockfile(lua_State *L);
 /* Frees the secret registry at exit (runtime/redact.c). */
 void tug_secrets_free(void);
 /* Loads an embedded script by module name; pushes the chunk or raises. */

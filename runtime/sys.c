@@ -1,8 +1,9 @@
 /*
  * sys.c: the few operating-system calls the engine needs that Lua's io and os lack:
- * fsync for the journal, exclusive creation for locks, a liveness check for lock
- * holders, directory listing for playbook discovery, and terminal facts for the live
- * view. Exposed to the engine's Lua as tug.sys; not a public module.
+ * fsync for the journal, owner-only directories and files (whatever the umask) for what
+ * .tug holds, a liveness check for lock holders, directory listing for playbook
+ * discovery, and terminal facts for the live view. Lock files are in lockfile.c. Exposed
+ * to the engine's Lua as tug.sys; not a public module.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -56,24 +57,113 @@ static int sys_fsync(lua_State *L) {
   return 1;
 }
 
-/* mkdir -p */
+/* mkdir -p PATH [MODE]: the directories it creates get MODE (default 0755) whatever the
+   umask; existing ones are left as they are. */
 static int sys_mkdir(lua_State *L) {
   size_t len;
   const char *path = luaL_checklstring(L, 1, &len);
   luaL_argcheck(L, len > 0 && len < 4096, 1, "bad path");
+  lua_Integer mode = luaL_optinteger(L, 2, 0755);
+  luaL_argcheck(L, mode >= 0 && mode <= 07777, 2, "mode must be between 0 and 07777");
   char buf[4096];
   memcpy(buf, path, len + 1);
-  for (char *p = buf + 1; *p; p++) {
-    if (*p != '/')
+  for (char *p = buf + 1;; p++) {
+    if (*p != '/' && *p != '\0')
       continue;
+    char c = *p;
     *p = '\0';
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+    if (mkdir(buf, (mode_t)mode) == 0) {
+      if (chmod(buf, (mode_t)mode) != 0)
+        return sys_fail(L, lua_pushfstring(L, "chmod %s", buf));
+    } else if (errno != EEXIST) {
       return sys_fail(L, lua_pushfstring(L, "mkdir %s", buf));
+    }
+    if (c == '\0')
+      break;
     *p = '/';
   }
-  if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-    return sys_fail(L, lua_pushfstring(L, "mkdir %s", buf));
+  struct stat st;
+  if (stat(path, &st) != 0)
+    return sys_fail(L, lua_pushfstring(L, "mkdir %s", path));
+  if (!S_ISDIR(st.st_mode)) {
+    errno = ENOTDIR;
+    return sys_fail(L, lua_pushfstring(L, "mkdir %s", path));
+  }
   lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* stat(path) -> { type = "file"|"dir"|"link"|"other", mode (permission bits), uid,
+   mine (owned by this process's user) }, or nil, message, errno. Does not follow a
+   final symbolic link. */
+static int sys_stat(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct stat st;
+  if (lstat(path, &st) != 0)
+    return sys_fail(L, path);
+  lua_createtable(L, 0, 4);
+  lua_pushstring(L, S_ISDIR(st.st_mode)   ? "dir"
+                    : S_ISREG(st.st_mode) ? "file"
+                    : S_ISLNK(st.st_mode) ? "link"
+                                          : "other");
+  lua_setfield(L, -2, "type");
+  lua_pushinteger(L, (lua_Integer)(st.st_mode & 07777));
+  lua_setfield(L, -2, "mode");
+  lua_pushinteger(L, (lua_Integer)st.st_uid);
+  lua_setfield(L, -2, "uid");
+  lua_pushboolean(L, st.st_uid == geteuid());
+  lua_setfield(L, -2, "mine");
+  return 1;
+}
+
+static int sys_chmod(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  lua_Integer mode = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, mode >= 0 && mode <= 07777, 2, "mode must be between 0 and 07777");
+  if (chmod(path, (mode_t)mode) != 0)
+    return sys_fail(L, path);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* The close function of a Lua file opened by open_private. */
+static int private_fclose(lua_State *L) {
+  luaL_Stream *s = (luaL_Stream *)luaL_checkudata(L, 1, LUA_FILEHANDLE);
+  return luaL_fileresult(L, fclose(s->f) == 0, NULL);
+}
+
+/* open_private(path, "a"|"w") -> a Lua file, or nil, message, errno. A new file is
+   owner-only (0600) whatever the umask; an existing one of this user that others could
+   read or write is made 0600. */
+static int sys_open_private(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  const char *mode = luaL_checkstring(L, 2);
+  luaL_argcheck(L, strcmp(mode, "a") == 0 || strcmp(mode, "w") == 0, 2,
+                "mode must be \"a\" or \"w\"");
+  int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (mode[0] == 'a' ? O_APPEND : O_TRUNC);
+  luaL_Stream *s = (luaL_Stream *)lua_newuserdatauv(L, sizeof *s, 0);
+  s->f = NULL;
+  s->closef = NULL; /* closed until fully opened */
+  luaL_setmetatable(L, LUA_FILEHANDLE);
+  int fd = open(path, flags, 0600);
+  if (fd < 0)
+    return sys_fail(L, path);
+  struct stat st;
+  if (fstat(fd, &st) != 0 ||
+      ((st.st_mode & 077) != 0 && st.st_uid == geteuid() && fchmod(fd, st.st_mode & 07700) != 0)) {
+    int e = errno;
+    close(fd);
+    errno = e;
+    return sys_fail(L, path);
+  }
+  s->f = fdopen(fd, mode);
+  if (s->f == NULL) {
+    int e = errno;
+    close(fd);
+    errno = e;
+    return sys_fail(L, path);
+  }
+  s->closef = private_fclose;
   return 1;
 }
 
@@ -103,34 +193,6 @@ static int sys_listdir(lua_State *L) {
     lua_rawseti(L, -2, ++n);
   }
   closedir(d);
-  return 1;
-}
-
-/* Creates path with content only if it does not exist: true, or nil, message, "exists". */
-static int sys_create_exclusive(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
-  size_t len;
-  const char *content = luaL_checklstring(L, 2, &len);
-  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    if (errno == EEXIST) {
-      luaL_pushfail(L);
-      lua_pushfstring(L, "%s exists", path);
-      lua_pushliteral(L, "exists");
-      return 3;
-    }
-    return sys_fail(L, path);
-  }
-  ssize_t w = write(fd, content, len);
-  int ok = w == (ssize_t)len && fsync(fd) == 0;
-  int e = errno;
-  close(fd);
-  if (!ok) {
-    unlink(path);
-    errno = e;
-    return sys_fail(L, path);
-  }
-  lua_pushboolean(L, 1);
   return 1;
 }
 
@@ -273,10 +335,15 @@ static const luaL_Reg sys_funcs[] = {
     {"fsync", sys_fsync},
     {"mkdir", sys_mkdir},
     {"listdir", sys_listdir},
-    {"create_exclusive", sys_create_exclusive},
+    {"stat", sys_stat},
+    {"chmod", sys_chmod},
+    {"open_private", sys_open_private},
     {"isatty", sys_isatty},
     {"term_width", sys_term_width},
     {NULL, NULL},
 };
 
-void host_open_sys(lua_State *L) { luaL_newlib(L, sys_funcs); }
+void host_open_sys(lua_State *L) {
+  luaL_newlib(L, sys_funcs);
+  host_open_lockfile(L);
+}

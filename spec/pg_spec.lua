@@ -554,7 +554,12 @@ INSERT INTO orders (customer, total) SELECT 1 + g % 10, g * 1.25 FROM generate_s
 
     it("dumps, survives a dropped database and restores with the data intact", function()
       local file = work .. "/shop.dump"
-      local dump = pg.dump(shop_url, file)
+      -- under umask 000, the dump holding every row is still owner-only
+      local r = exec.run({ "sh", "-c", 'umask 000; exec "$@"', "sh", child.tug, "lua", "-e",
+        "print(json.encode(pg.dump(...)))", shop_url, file })
+      assert.are.equal(0, r.code, r.stderr)
+      local dump = json.decode(r.stdout)
+      assert.are.equal(384, tug.sys.stat(file).mode) -- 0600
       assert.are.equal(file, dump.file)
       assert.are.equal("custom", dump.format)
       assert.is_true(dump.bytes > 0)

@@ -150,6 +150,7 @@ ALTER TABLE "parcels" ADD COLUMN "label_id" INTEGER;]])
     assert.matches("^sim%-%d+T%d+Z%-before%-migrate%-%x+%.dump$", files[1])
     local file = h.dir .. "/backups/" .. files[1]
     assert.are.equal(verified.backup.checksum, pg.checksum(file))
+    assert.are.same({ 448, 384 }, { tug.sys.stat(h.dir .. "/backups").mode, tug.sys.stat(file).mode }) -- 0700, 0600
     local sidecar = assert(io.open(file .. ".sha256")):read("a")
     assert.are.equal(verified.backup.checksum .. "  " .. files[1] .. "\n", sidecar)
     assert.is_nil(r.stdout:find(server.app_password, 1, true))

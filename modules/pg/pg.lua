@@ -892,6 +892,13 @@ function pg.dump(url, file, opts)
     tug.plan.record("pg", ("dump %s to %s (%s format)"):format(label, file, format))
     return { file = file, format = format, planned = true }
   end
+  if format ~= "directory" then
+    -- a dump holds every row: owner-only from its first byte, whatever the umask (pg_dump
+    -- truncates the file and keeps its mode; a directory dump it makes 0700 itself)
+    local f, ferr = tug.sys.open_private(file, "w")
+    if not f then error(tug.error.new("pg", ("pg: dumping %s: cannot create %s"):format(label, ferr)), 0) end
+    f:close()
+  end
   local conninfo, env = child_connection(params)
   local argv = { pg.program("pg_dump"), "--format=" .. DUMP_FORMATS[format], "--file=" .. file,
     "--no-password", "--dbname=" .. conninfo }

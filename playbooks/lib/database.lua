@@ -6,7 +6,7 @@
 --
 -- The database: block of an environment:
 --   migrations: DIR            the application's prisma/migrations (names and down.sql)
---   backup_dir: DIR            where backups go (default .tug/backups)
+--   backup_dir: DIR            where backups go (default .tug/backups), kept owner-only
 --   migrate:  { command: [argv] }                       a local process, DATABASE_URL set
 --          or { exec: { target: deployment/api, command: [argv] } }   in a pod
 --   rollback: the same; in its words "{version}" is the target migration's name and
@@ -204,7 +204,8 @@ end
 
 -- Backs the whole database up into backup_dir as ENV-UTCSTAMP-WHY-RUN.dump (custom format),
 -- with its SHA-256 beside it in FILE.sha256 (sha256sum's format). Returns { file,
--- checksum, bytes, taken_at }.
+-- checksum, bytes, taken_at }. A backup holds every row: backup_dir is made owner-only
+-- (0700) and the dump is 0600 (pg.dump), whatever the umask.
 function M.backup(ctx, why)
   local dir = M.backup_dir(ctx.env)
   local now = time.now()
@@ -214,7 +215,7 @@ function M.backup(ctx, why)
     pg.dump(ctx.env.database_url, file)
     return { file = file, planned = true }
   end
-  exec.run({ "mkdir", "-p", dir }, { check = true })
+  require("tug.journal").private_dir(dir, "backup", ctx.log.warn)
   local d = pg.dump(ctx.env.database_url, file, { timeout = "1h" })
   local f = assert(io.open(file .. ".sha256", "w"))
   f:write(d.checksum, "  ", file:match("[^/]+$"), "\n")
@@ -334,9 +335,10 @@ SELECT s.relname AS name FROM pg_class s JOIN pg_depend d ON d.objid = s.oid
   argv[#argv + 1] = backup.file
   lines[#lines + 1] = "\\ir " .. body:match("[^/]+$")
   local ok, err = pcall(function()
+    assert(tug.sys.open_private(body, "w")):close() -- it holds the backup's rows: pg_restore keeps the mode
     local r = exec.run(argv)
     if r.code ~= 0 then error("pg_restore " .. backup.file .. ": " .. r.stderr, 0) end
-    local f = assert(io.open(wrapper, "w"))
+    local f = assert(tug.sys.open_private(wrapper, "w"))
     f:write(table.concat(lines, "\n"), "\n")
     f:close()
     pg.restore(ctx.env.database_url, wrapper, { single_transaction = true, timeout = "1h" })

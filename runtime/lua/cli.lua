@@ -31,7 +31,8 @@ local FLAGS = {
   run = { env = true, context = true, namespace = true, playbooks = true, step = false, ["no-step"] = false, yes = false, from = true, tags = true,
     ["no-undo"] = false, output = true, junit = true, ["break-lock"] = false, every = true, ["metrics-listen"] = true },
   plan = { env = true, context = true, namespace = true, playbooks = true, from = true, tags = true, output = true },
-  resume = { context = true, namespace = true, yes = false, step = false, ["no-step"] = false, output = true, junit = true, playbooks = true },
+  resume = { context = true, namespace = true, yes = false, step = false, ["no-step"] = false, output = true, junit = true,
+    playbooks = true, ["break-lock"] = false },
   list = { playbooks = true },
   describe = { playbooks = true },
   check = { playbooks = true },
@@ -363,10 +364,19 @@ end
 local function cmd_resume(flags, _, rest)
   local id = rest[1]
   if not id then return usage("'tug resume' needs a run id (see 'tug runs')") end
-  local events, path = journal.read(id)
-  if not events then return usage("%s ('tug runs' lists them)", path) end
+  local events, err = journal.read(id)
+  if not events then return usage("%s ('tug runs' lists them)", err) end
   local _, retention_err = journal.retention_from_env()
   if retention_err then return usage("%s", retention_err) end
+  -- One process per run: the claim comes before the journal is read again, so a resume
+  -- that waited for another one to end sees how that one ended.
+  local claim <close>, why = require("tug.lock").run_lock(id, journal.summarise(events).playbook, "resume")
+  if not claim then
+    complain("%s", why)
+    return EXIT.locked
+  end
+  events, err = journal.read(id)
+  if not events then return usage("%s", err) end
   local run = journal.summarise(events)
   if run.status ~= "running" then
     return usage("run %s already ended: %s%s", id, tostring(run.status), run.reason and (" (" .. run.reason .. ")") or "")
@@ -391,7 +401,8 @@ local function cmd_resume(flags, _, rest)
   if not ok then return usage("%s", serr) end
   return engine.run({
     pb = pb, env = env, params = run.params or {}, yes = flags.yes, step_mode = step_mode(pb, flags),
-    reporter = reporter, resume = run, kubernetes_override = override,
+    reporter = reporter, resume = run, kubernetes_override = override, run_lock = claim,
+    break_lock = flags["break-lock"],
   })
 end
 
@@ -572,9 +583,15 @@ if flags.help then return cmd_help({}, {}, { command }) end
 local ok, code = pcall(COMMANDS[command], flags, params, rest)
 stop_simulator()
 if ok then return code end
--- a structured error from loading or validation is a usage problem; anything else is a bug
+-- a structured error from loading or validation is a usage problem; one from the journal
+-- or a lock (a directory that cannot be created, a file that cannot be written) is a
+-- failure to run; anything else is a bug
 if type(code) == "table" and (code.kind == "usage" or code.kind == "playbook" or code.kind == "environment") then
   complain("%s", tostring(code))
   return EXIT.usage
+end
+if type(code) == "table" and (code.kind == "journal" or code.kind == "lock") then
+  complain("%s", tostring(code))
+  return EXIT.failed
 end
 error(code, 0)

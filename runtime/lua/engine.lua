@@ -459,9 +459,10 @@ function Run:on_interrupt(count)
 end
 
 -- Runs (or plans) a playbook. opts: pb, env, params, plan, yes, step_mode, from, tags,
--- no_undo, reporter, resume (a journal summary), break_lock, on_interrupt (told of each
--- Ctrl-C or SIGTERM the run receives), notify_when (event -> whether the environment's
--- notify channels hear of it). Returns the exit code.
+-- no_undo, reporter, resume (a journal summary), run_lock (the resumed run's, from
+-- lock.run_lock; released here), break_lock, on_interrupt (told of each Ctrl-C or SIGTERM
+-- the run receives), notify_when (event -> whether the environment's notify channels hear
+-- of it). Returns the exit code.
 function M.run(opts)
   local pb = opts.pb
   local self = setmetatable({
@@ -503,19 +504,33 @@ function M.run(opts)
   if self.env.kubernetes then require("k8s").set_environment(self.env) end
   M.current = { env = self.env, run_id = self.run_id, playbook = pb.name }
 
-  local held
+  -- Held until this function returns or raises: this process's claim on the run id, then
+  -- the playbook's lock. A resume arrives holding the run's claim already (cli.lua takes it
+  -- before it reads the journal).
   local backend = lock.backend(opts.lock_backend or self.env.lock)
+  local claim = opts.run_lock
+  if not self.plan and not claim then
+    local why
+    claim, why = lock.run_lock(self.run_id, pb.name, "run")
+    if not claim then
+      io.stderr:write("tug: ", why, "\n")
+      M.current = nil
+      return M.EXIT.locked
+    end
+  end
+  local run_lock <close> = claim
+  local held
+  local release <close> = setmetatable({}, { __close = function()
+    if held then backend.release(held) end
+  end })
   if not self.plan then
     if pb.lock then
       local holder, reason
       held, holder, reason = backend.acquire({ env = self.env.name, name = pb.lock, run_id = self.run_id,
-        playbook = pb.name, break_lock = opts.break_lock or (resume and true), environment = self.env })
+        playbook = pb.name, break_lock = opts.break_lock, resume = resume ~= nil, environment = self.env })
       if not held then
-        local msg = string.format("lock '%s' on %s is %s", pb.lock, self.env.name, lock.describe(holder))
-        if reason == "dead" then
-          msg = msg .. "; that process is gone: rerun with --break-lock to take the lock"
-        end
-        io.stderr:write("tug: ", msg, "\n")
+        io.stderr:write("tug: ", string.format("lock '%s' on %s is %s%s", pb.lock, self.env.name, lock.describe(holder),
+          lock.hint(reason, backend.path and backend.path(self.env.name, pb.lock))), "\n")
         M.current = nil
         return M.EXIT.locked
       end
@@ -602,7 +617,6 @@ function M.run(opts)
         #removed, #removed == 1 and "" or "s"))
     end
   end
-  if held then backend.release(held) end
   tug.on_interrupt(nil)
   M.current = nil
 

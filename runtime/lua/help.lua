@@ -17,7 +17,7 @@ local RUN_OPTIONS = {
   { "--no-undo", "on a failure, stop without undoing" },
   { "--output tty|plain|json", "live view, timestamped lines, or one JSON event a line" },
   { "--junit FILE", "write a JUnit report, one testcase per step" },
-  { "--break-lock", "take the lock from a holder that died" },
+  { "--break-lock", "take the lock from a holder that died on this host" },
   { "--every DURATION", "run it again every DURATION (30s, 5m) until Ctrl-C or SIGTERM: each run " ..
     "whole (own run id, journal, lock); a failed run does not stop the loop, a failed rollback " ..
     "does (synthetic monitoring)" },
@@ -35,6 +35,10 @@ local function run_options(...)
   end
   return out
 end
+
+local RESUME_OPTIONS = run_options("--context", "--namespace", "--step", "--no-step", "--yes", "--output",
+  "--junit", "--playbooks")
+RESUME_OPTIONS[#RESUME_OPTIONS + 1] = { "--break-lock", "also take its lock from another run that died on this host" }
 
 M.commands = {
   { group = "playbooks", name = "init", synopsis = "init [DIR]",
@@ -67,9 +71,9 @@ M.commands = {
     } },
   { group = "playbooks", name = "show", synopsis = "show RUN_ID", summary = "one run: steps, results, decisions, saved state" },
   { group = "playbooks", name = "resume", synopsis = "resume RUN_ID",
-    summary = "continue a run that died, from its first unfinished step",
-    options = run_options("--context", "--namespace", "--step", "--no-step", "--yes", "--output", "--junit",
-      "--playbooks") },
+    summary = "continue a run that died, from its first unfinished step; one process at a time " ..
+      "per run; takes over the run's own lock",
+    options = RESUME_OPTIONS },
   { group = "playbooks", name = "sim", synopsis = "sim [--port N] [--scenario FILE] [--kubeconfig FILE]",
     summary = "serve the simulated Kubernetes cluster (the local environment's) until Ctrl-C; " ..
       "kubectl works against it" },
@@ -116,10 +120,12 @@ M.modules = {
 M.exit_codes = {
   { "0", "success (a run succeeded, a plan was made)" },
   { "1", "failure: a run failed and was rolled back (or had nothing to undo), a Lua error " ..
-    "(traceback on stderr), a failing test, a task that failed with nobody waiting" },
+    "(traceback on stderr), a failing test, a task that failed with nobody waiting, a journal or " ..
+    "lock file that cannot be written (nothing was run)" },
   { "2", "usage or validation error: unknown command, bad param, broken playbook or environment " ..
     "(nothing was run)" },
-  { "3", "the playbook's lock is held by another run (the holder is named)" },
+  { "3", "the playbook's lock is held by another run, or the run being resumed is running in " ..
+    "another process (the holder is named)" },
   { "4", "aborted by the user: Ctrl-C (after rolling back), declined confirmation, --step abort " ..
     "(with --every: Ctrl-C or SIGTERM during a run, which is rolled back, ends the loop)" },
   { "5", "rollback failed: an undo failed, a human must look (--every stops there too)" },

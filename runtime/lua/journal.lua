@@ -1,6 +1,8 @@
 -- journal.lua: every run appends JSON lines to .tug/runs/RUN_ID.jsonl, flushed after
 -- each event and fsync'd at each step boundary, so `tug resume` can continue a run that
--- died. Lines pass through redaction: secrets never reach the journal.
+-- died. Lines pass through redaction: secrets never reach the journal. Journals hold
+-- params, state and every event: .tug's directories are 0700 and its files 0600, whatever
+-- the umask.
 
 local M = {}
 
@@ -13,6 +15,26 @@ function M.dir()
   return M.home() .. "/runs"
 end
 
+-- Creates DIR (and any missing parent) owner-only. An existing DIR that others can reach
+-- is tightened to 0700, and notice(message) says so (or that it could not be); notice
+-- defaults to a line on stderr. `kind` names the structured error raised when DIR cannot
+-- be created ("journal", "lock", "backup"). Also used for database backups.
+function M.private_dir(dir, kind, notice)
+  local ok, err = tug.sys.mkdir(dir, 448) -- 0700
+  if not ok then error(tug.error.new(kind, "cannot create the " .. kind .. " directory: " .. err), 0) end
+  local st = tug.sys.stat(dir)
+  if not st or st.mode & 63 == 0 then return end -- no access for group and others
+  notice = notice or function(message) io.stderr:write("tug: ", message, "\n") end
+  local tight, cerr = tug.sys.chmod(dir, st.mode & 448)
+  if tight then
+    notice(string.format("%s was open to other users (mode %o); it is now owner-only (mode %o)",
+      dir, st.mode, st.mode & 448))
+  else
+    notice(string.format("warning: %s is open to other users (mode %o) and cannot be made owner-only (%s): " ..
+      "what it holds may be read by them", dir, st.mode, cerr))
+  end
+end
+
 function M.new_id()
   local now = time.now()
   return string.format("%s-%04x", time.format(now, "%Y%m%dT%H%M%S"),
@@ -23,10 +45,9 @@ local writer = {}
 writer.__index = writer
 
 function M.create(run_id)
-  local ok, err = tug.sys.mkdir(M.dir())
-  if not ok then error(tug.error.new("journal", "cannot create the journal directory: " .. err), 0) end
+  M.private_dir(M.dir(), "journal")
   local path = M.dir() .. "/" .. run_id .. ".jsonl"
-  local f, ferr = io.open(path, "a")
+  local f, ferr = tug.sys.open_private(path, "a")
   if not f then error(tug.error.new("journal", "cannot open the journal: " .. ferr), 0) end
   return setmetatable({ file = f, path = path, run_id = run_id }, writer)
 end
