@@ -10,7 +10,7 @@ describe("help", function()
       local r = child.run(args)
       assert.are.equal(0, r.code, table.concat(args, " ") .. ": " .. r.stderr)
       assert.matches("^usage: tug run NAME %[key=value%.%.%.%]\n", r.stdout)
-      assert.matches("\n  %-%-break%-lock%s+take the lock from a holder that died\n", r.stdout)
+      assert.matches("\n  %-%-break%-lock%s+take the lock from a holder that died on this host\n", r.stdout)
       assert.are.equal("", r.stderr)
     end
     for _, name in ipairs({ "list", "describe", "check", "plan", "runs", "show", "resume", "sim", "lua", "test", "completion" }) do

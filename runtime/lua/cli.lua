@@ -375,8 +375,9 @@ local function cmd_resume(flags, _, rest)
     complain("%s", why)
     return EXIT.locked
   end
-  events, err = journal.read(id)
-  if not events then return usage("%s", err) end
+  local path
+  events, path = journal.read(id)
+  if not events then return usage("%s", path) end
   local run = journal.summarise(events)
   if run.status ~= "running" then
     return usage("run %s already ended: %s%s", id, tostring(run.status), run.reason and (" (" .. run.reason .. ")") or "")
