@@ -75,11 +75,13 @@ static const char usage[] =
     "  2    usage or validation error: unknown command, bad param, broken playbook or\n"
     "       environment (nothing was run)\n"
     "  3    the playbook's lock is held by another run (the holder is named)\n"
-    "  4    aborted by the user: Ctrl-C (after rolling back), declined confirmation, --step abort\n"
-    "       (with --every: Ctrl-C or SIGTERM during a run, which is rolled back, ends the loop)\n"
+    "  4    aborted by the user: Ctrl-C or SIGTERM (after rolling back), declined confirmation,\n"
+    "       --step abort (with --every: a run interrupted and rolled back ends the loop)\n"
     "  5    rollback failed: an undo failed, a human must look (--every stops there too)\n"
-    "  130  a script interrupted by Ctrl-C or SIGTERM (tug lua): every task was cancelled;\n"
-    "       with --every: Ctrl-C or SIGTERM between runs (nothing was running)\n";
+    "  130  Ctrl-C or SIGTERM with no run going: a script (tug lua; every task was cancelled),\n"
+    "       a command still loading playbooks or environments (nothing ran), --every between\n"
+    "       runs; or one Ctrl-C more than tug takes (it aborts at once). tug answers within\n"
+    "       2 s, even in a Lua loop that never waits\n";
 
 static int usage_error(const char *fmt, const char *arg) {
   fputs("tug: ", stderr);

@@ -154,6 +154,8 @@ function M.load(path)
   if not chunk then return nil, err end
   local ok, pb = pcall(chunk)
   if not ok then
+    -- Ctrl-C or SIGTERM while the file's top level ran: the command stops, the file is fine
+    if type(pb) == "table" and pb.kind == "cancelled" then error(pb, 0) end
     return nil, type(pb) == "table" and pb.message or tostring(pb)
   end
   if type(pb) ~= "table" or getmetatable(pb) == nil or getmetatable(pb).__name ~= "tug.playbook" then
