@@ -155,7 +155,9 @@ static int host_interrupted(lua_State *L) {
 
 /* tug.scope_new() -> scope; tug.scope_set(scope) -> the previous one; tug.scope_close(scope)
    -> { "what was still open", ... }: the engine makes everything a run's steps start belong
-   to the run (scheduler.c); scope 0 starts what must outlive it (the embedded simulator). */
+   to the run (scheduler.c); scope 0 starts what must outlive it (the embedded simulator).
+   tug.scope() -> the current task's scope. Modules that start what is not a task (exec's
+   processes) add a closer to tug.scope_closers: closer(scope) -> { "what it closed", ... }. */
 static int host_scope_new(lua_State *L) {
   lua_pushinteger(L, sched_scope_new());
   return 1;
@@ -174,10 +176,19 @@ static int host_scope_set(lua_State *L) {
 
 static int host_scope_close(lua_State *L) { return sched_scope_close(L, check_scope(L, 1)); }
 
+static int host_scope(lua_State *L) {
+  lua_pushinteger(L, sched_scope_current());
+  return 1;
+}
+
 static const luaL_Reg host_functions[] = {
-    {"on_interrupt", host_on_interrupt}, {"interrupted", host_interrupted},
-    {"scope_new", host_scope_new},       {"scope_set", host_scope_set},
-    {"scope_close", host_scope_close},   {NULL, NULL},
+    {"on_interrupt", host_on_interrupt},
+    {"interrupted", host_interrupted},
+    {"scope_new", host_scope_new},
+    {"scope_set", host_scope_set},
+    {"scope_close", host_scope_close},
+    {"scope", host_scope},
+    {NULL, NULL},
 };
 
 /* ---- preloading ---- */
@@ -253,6 +264,8 @@ static void preload(lua_State *L) {
   host_open_sys(L);
   lua_setfield(L, -2, "sys");
   luaL_setfuncs(L, host_functions, 0);
+  lua_newtable(L);
+  lua_setfield(L, -2, "scope_closers");
   lua_setglobal(L, "tug");
   lua_pop(L, 1);
 }

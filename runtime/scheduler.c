@@ -441,6 +441,8 @@ int sched_scope_new(void) {
   return ++last_scope;
 }
 
+int sched_scope_current(void) { return S.current ? S.current->scope : 0; }
+
 int sched_scope_set(int scope) {
   tug_task *t = S.current;
   int previous = t ? t->scope : 0;

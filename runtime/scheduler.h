@@ -61,6 +61,8 @@ int sched_unobserved_failures(void);
 int sched_interrupted(void);
 /* A new scope, for tasks that belong together (a run's steps and all they start). */
 int sched_scope_new(void);
+/* The current task's scope (0: none). */
+int sched_scope_current(void);
 /* Puts the current task in a scope (0: none): what it spawns from now on (and what those
    spawn) belongs to it. Returns the scope it was in. */
 int sched_scope_set(int scope);

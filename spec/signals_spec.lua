@@ -192,6 +192,25 @@ return playbook { steps = {
     assert.is_nil(probe.status, "the server still answers")
   end)
 
+  it("stops a program exec.spawn started and nobody waited for, naming it", function()
+    p:write("playbooks/leak.lua", [[
+return playbook { steps = {
+  step "spawn" { run = function(ctx)
+    local proc = exec.spawn({ "sleep", "300" })
+    local f = io.open("pid", "w"); f:write(proc.pid); f:close()
+    local done = exec.spawn({ "true" }); done:wait(); done:close() -- waited for: not named
+  end },
+} }]])
+    local t0 = time.monotonic()
+    local r = p:tug({ "run", "leak", "--output", "plain" }, { timeout = 20 })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.is_true(time.monotonic() - t0 < 5)
+    local pid = p:read("pid")
+    assert.matches("process sleep 300 %(pid " .. pid .. "%) was still running when the run ended: stopped", r.stdout)
+    assert.is_nil(r.stdout:find("process true", 1, true), r.stdout)
+    assert.are_not.equal(0, exec.run({ "kill", "-0", pid }).code, "sleep still runs")
+  end)
+
   it("is closed after a failed run too, and the failure's exit code is kept", function()
     p:write("playbooks/leak.lua", [[
 return playbook { steps = {

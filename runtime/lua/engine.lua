@@ -394,10 +394,15 @@ end
 -- Closes what the steps started and left running (an http.server, a background task): a
 -- run that ends must end, and --every's next run must find its port free. Each is named.
 function Run:close_leftovers()
+  local function warn(what, state, done)
+    self:emit({ event = "log", level = "warn",
+      message = string.format("%s was still %s when the run ended: %s", what, state, done) })
+  end
   for _, what in ipairs(tug.scope_close(self.scope)) do
-    local plain_task = what:match("^a task ") ~= nil
-    self:emit({ event = "log", level = "warn", message = string.format("%s was still %s when the run ended: %s",
-      what, plain_task and "running" or "open", plain_task and "cancelled" or "closed") })
+    if what:match("^a task ") then warn(what, "running", "cancelled") else warn(what, "open", "closed") end
+  end
+  for _, closer in ipairs(tug.scope_closers) do
+    for _, what in ipairs(closer(self.scope)) do warn(what, "running", "stopped") end
   end
 end
 
