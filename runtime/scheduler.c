@@ -14,6 +14,7 @@
 #include "scheduler.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,6 +78,7 @@ static struct {
    lua_resume is running, so that the handler can hook code that never yields. */
 static volatile sig_atomic_t raw_signals;
 static lua_State *volatile running_co;
+static pthread_t main_thread; /* the one that runs Lua: the only one the handler may hook */
 
 uv_loop_t *tug_loop(void) { return S.loop; }
 
@@ -559,6 +561,13 @@ tug_task *sched_task_of(lua_State *co) { return task_of(co); }
 
 static void on_signal(int signum) {
   int saved = errno;
+  if (!pthread_equal(pthread_self(), main_thread)) {
+    /* a libuv or libcurl thread caught it: hooking a coroutine from here would race the
+       thread that runs it, so the signal goes to that thread instead */
+    pthread_kill(main_thread, signum);
+    errno = saved;
+    return;
+  }
   raw_signals++;
   int allowed = S.interrupt_ref != LUA_NOREF ? 2 : 1;
   if (raw_signals > allowed) {
@@ -630,6 +639,7 @@ void sched_init(lua_State *L, uv_loop_t *loop) {
   lua_pop(L, 1);
   raw_signals = 0;
   running_co = NULL;
+  main_thread = pthread_self();
   uv_async_init(loop, &S.signal_async, on_signal_async);
   uv_unref((uv_handle_t *)&S.signal_async);
   set_signal_handlers(on_signal);
