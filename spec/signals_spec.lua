@@ -159,6 +159,27 @@ return playbook { lock = "deploy", steps = {
     end)
   end
 
+  it("is stopped again by a second SIGINT when its undo spins too: exit 4, journal says where", function()
+    p:write("playbooks/spin2.lua", [[
+return playbook { lock = "deploy", steps = {
+  step "first" { run = function() end, undo = function() io.open("undoing", "w"):close(); while true do end end },
+  step "spin" { run = function() io.open("spinning", "w"):close(); while true do end end },
+} }]])
+    local proc = p:spawn({ "run", "spin2" })
+    local deadline = time.monotonic() + 10
+    while not p:exists("spinning") and time.monotonic() < deadline do task.sleep(0.02) end
+    proc:kill("INT")
+    while not p:exists("undoing") and time.monotonic() < deadline do task.sleep(0.02) end
+    assert.is_true(p:exists("undoing"), "the rollback never started")
+    local r, took = signal_when(proc, "INT", function() return true end)
+    assert.are.equal(4, r.code, r.stdout .. r.stderr)
+    assert.is_true(took < 2, "took " .. took .. " s")
+    local events = p:journal()
+    assert.are.equal("aborted", events_of(events, "run_end")[1].status)
+    assert.are.equal("stopped", events_of(events, "undo_end")[1].status)
+    assert.is_false(p:exists(".tug/locks/local--deploy.lock"))
+  end)
+
   it("is cancelled under `tug plan` too (exit 4)", function()
     -- plan mode refuses to write files: give the step time to reach its loop instead
     local proc = p:spawn({ "plan", "spin" })
