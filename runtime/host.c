@@ -147,6 +147,50 @@ static int host_on_interrupt(lua_State *L) {
   return 0;
 }
 
+/* tug.interrupted() -> how many Ctrl-C or SIGTERM the loop has seen. */
+static int host_interrupted(lua_State *L) {
+  lua_pushinteger(L, sched_interrupted());
+  return 1;
+}
+
+/* tug.scope_new() -> scope; tug.scope_set(scope) -> the previous one; tug.scope_close(scope)
+   -> { "what was still open", ... }: the engine makes everything a run's steps start belong
+   to the run (scheduler.c); scope 0 starts what must outlive it (the embedded simulator).
+   tug.scope() -> the current task's scope. Modules that start what is not a task (exec's
+   processes) add a closer to tug.scope_closers: closer(scope) -> { "what it closed", ... }. */
+static int host_scope_new(lua_State *L) {
+  lua_pushinteger(L, sched_scope_new());
+  return 1;
+}
+
+static int check_scope(lua_State *L, int arg) {
+  lua_Integer scope = luaL_checkinteger(L, arg);
+  luaL_argcheck(L, scope >= 0 && scope <= INT32_MAX, arg, "not a scope");
+  return (int)scope;
+}
+
+static int host_scope_set(lua_State *L) {
+  lua_pushinteger(L, sched_scope_set(check_scope(L, 1)));
+  return 1;
+}
+
+static int host_scope_close(lua_State *L) { return sched_scope_close(L, check_scope(L, 1)); }
+
+static int host_scope(lua_State *L) {
+  lua_pushinteger(L, sched_scope_current());
+  return 1;
+}
+
+static const luaL_Reg host_functions[] = {
+    {"on_interrupt", host_on_interrupt},
+    {"interrupted", host_interrupted},
+    {"scope_new", host_scope_new},
+    {"scope_set", host_scope_set},
+    {"scope_close", host_scope_close},
+    {"scope", host_scope},
+    {NULL, NULL},
+};
+
 /* ---- preloading ---- */
 
 static const struct host_script *find_script(const char *name) {
@@ -219,8 +263,9 @@ static void preload(lua_State *L) {
   lua_setfield(L, -2, "plan");
   host_open_sys(L);
   lua_setfield(L, -2, "sys");
-  lua_pushcfunction(L, host_on_interrupt);
-  lua_setfield(L, -2, "on_interrupt");
+  luaL_setfuncs(L, host_functions, 0);
+  lua_newtable(L);
+  lua_setfield(L, -2, "scope_closers");
   lua_setglobal(L, "tug");
   lua_pop(L, 1);
 }
@@ -277,7 +322,8 @@ static void on_main_done(sched_watch *w, tug_task *t) {
   (void)w;
   if (sched_failed(t)) {
     main_failed = 1;
-    sched_report(t);
+    if (!(sched_cancelled(t) && sched_interrupted())) /* Ctrl-C already said so: no traceback */
+      sched_report(t);
     sched_cancel_all();
   } else if (sched_push_results(S_L, t, 1) == 1) {
     if (lua_isinteger(S_L, -1))

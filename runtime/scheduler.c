@@ -13,7 +13,10 @@
  */
 #include "scheduler.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -34,14 +37,26 @@ struct tug_task {
   int reported; /* its failure was printed as unhandled */
   int nresults; /* results left on co's stack when it finished */
   uint64_t id;
-  uint64_t deadline; /* uv_hrtime() after which the runaway-loop hook raises */
-  tug_op *op;        /* what the task waits for */
+  uint64_t deadline;        /* uv_hrtime() after which the runaway-loop hook raises */
+  uint64_t cancelled_at;    /* uv_hrtime() of the cancel */
+  uint64_t cancel_raise_at; /* cancelled: when the hook next raises in code that never waits */
+  int hook_yielded;         /* the hook yielded it so the loop could see a signal */
+  uint64_t resumed_at;      /* uv_hrtime() of its last resume */
+  int scope;                /* the scope it belongs to (0: none), inherited from its spawner */
+  char label[96];           /* what it is, for the warning when its scope closes ("" if plain) */
+  tug_op *op;               /* what the task waits for */
   tug_task *next_ready;
   tug_task *prev_live, *next_live;
   sched_watch *watchers;
 };
 
 #define HOOK_COUNT 10000
+/* While a signal waits for the loop, the hook looks this often... */
+#define SIGNAL_HOOK_COUNT 1000
+/* ...and takes the task off the CPU once it has run this long without waiting. A task
+   that waits sooner gives the loop its turn by itself, at a wait, where cancelling it is
+   safe; only a runaway is interrupted between two instructions. */
+#define RUNAWAY_NS 200000000u
 
 static struct {
   lua_State *L; /* the main thread */
@@ -51,12 +66,19 @@ static struct {
   tug_task *current;
   uint64_t next_id;
   int unobserved_failures;
-  int interrupts;
-  int cancel_all_pending; /* set by the signal callback, acted on between loop turns */
-  int interrupt_pending;  /* the same, for a Lua interrupt handler */
-  int interrupt_ref;      /* registry ref of that handler, or LUA_NOREF */
-  uv_signal_t sigint, sigterm;
+  int interrupts;          /* signals the loop has handled */
+  int cancel_all_pending;  /* set by the signal callback, acted on between loop turns */
+  int interrupt_pending;   /* the same, for a Lua interrupt handler: calls still to make */
+  int interrupt_ref;       /* registry ref of that handler, or LUA_NOREF */
+  uv_async_t signal_async; /* wakes the loop from the signal handler */
 } S;
+
+/* Written by the signal handler (see "interrupts" below). raw_signals counts every SIGINT
+   and SIGTERM; S.interrupts catches up with it on the loop. running_co is the coroutine
+   lua_resume is running, so that the handler can hook code that never yields. */
+static volatile sig_atomic_t raw_signals;
+static lua_State *volatile running_co;
+static pthread_t main_thread; /* the one that runs Lua: the only one the handler may hook */
 
 uv_loop_t *tug_loop(void) { return S.loop; }
 
@@ -170,11 +192,59 @@ void sched_watch_remove(sched_watch *w) {
 
 /* ---- task life ---- */
 
-static void hook_deadline(lua_State *L, lua_Debug *ar) {
+static void task_hook(lua_State *L, lua_Debug *ar);
+static void on_signal_async(uv_async_t *h);
+
+/* The count hook a task needs when no signal is pending: for its deadline, or to stop it
+   once cancelled if it never waits again. */
+static void task_set_hook(tug_task *t) {
+  int wanted = t->deadline != 0 || t->cancelled;
+  lua_sethook(t->co, wanted ? task_hook : NULL, wanted ? LUA_MASKCOUNT : 0, HOOK_COUNT);
+}
+
+static int signal_unseen(void) { return S.interrupts != raw_signals; }
+
+/* The one hook of a task's coroutine. It runs every HOOK_COUNT instructions for a deadline
+   or a cancel, and every SIGNAL_HOOK_COUNT once the signal handler installed it: code that
+   never yields still sees a signal, its cancel and its deadline. */
+static void task_hook(lua_State *L, lua_Debug *ar) {
   tug_task *t = task_of(L);
-  (void)ar;
-  if (t != NULL && t->deadline != 0 && uv_hrtime() > t->deadline) {
+  if (t == NULL || t->co != L || ar->event != LUA_HOOKCOUNT)
+    return; /* a plain coroutine inherited the hook: it is not a task */
+  if (signal_unseen() && uv_hrtime() - t->resumed_at >= RUNAWAY_NS) {
+    if (lua_isyieldable(L)) {
+      t->hook_yielded = 1; /* on resume the hook raises at once if the loop cancelled it */
+      lua_yield(L, 0);
+      return;
+    }
+    /* A C function (require, table.sort) is on the stack: the loop cannot get a turn, so
+       the signal is taken here and the task ends, as the cancel it brings would end it. */
+    on_signal_async(&S.signal_async);
+    t->cancelled = 1;
+    t->cancelled_at = t->cancel_raise_at = uv_hrtime();
+  }
+  if (t->cancelled && S.interrupts > 0 && uv_hrtime() >= t->cancelled_at + 1500000000u) {
+    /* It was cancelled by Ctrl-C or SIGTERM 1.5 s ago and still runs without waiting: it
+       catches the cancel (a pcall around a loop). Nothing else can run while it spins. */
+    static const char msg[] =
+        "\ntug: a task kept running 1.5 s after Ctrl-C cancelled it (it catches the cancel): "
+        "aborting at once\n";
+    fflush(stdout);
+    fputs(msg, stderr);
+    _exit(EXIT_INTERRUPTED);
+  }
+  if (t->cancelled && (t->hook_yielded || uv_hrtime() >= t->cancel_raise_at)) {
+    t->hook_yielded = 0;
+    t->cancel_raise_at = uv_hrtime() + 1000000000u; /* a pcall that swallows it: once a second */
+    task_set_hook(t);
+    tug_raise(L, "cancelled", "task cancelled");
+  }
+  t->hook_yielded = 0; /* if it was yielded, the signal was seen and did not cancel it */
+  if (!signal_unseen())
+    task_set_hook(t); /* the signal handler's frequent hook is no longer needed */
+  if (t->deadline != 0 && uv_hrtime() > t->deadline) {
     t->deadline = 0; /* raise once; a pcall that swallows it gets no second chance to spin */
+    task_set_hook(t);
     tug_raise(L, "timeout", "timed out (the code ran without yielding past its deadline)");
   }
 }
@@ -190,6 +260,7 @@ tug_task *sched_spawn(lua_State *L, int nargs) {
   *(tug_task **)lua_getextraspace(co) = t;
   t->co = co;
   t->id = ++S.next_id;
+  t->scope = S.current ? S.current->scope : 0;
   t->state = TASK_NEW;
   t->nargs = nargs;
   lua_pushvalue(L, -1);
@@ -243,6 +314,26 @@ static void task_finish(tug_task *t) {
   t->ref = LUA_NOREF;
 }
 
+static int error_tostring_protected(lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  return 1;
+}
+
+/* Pushes the text of the error value at the top of L. Its __tostring is the playbook's
+   code and may itself raise (or return a non-string): that must not take the scheduler
+   down, so it runs protected and a failure is described instead. */
+static const char *push_error_text(lua_State *L) {
+  lua_pushcfunction(L, error_tostring_protected);
+  lua_pushvalue(L, -2);
+  if (lua_pcall(L, 1, 1, 0) == LUA_OK)
+    return lua_tostring(L, -1);
+  const char *why = lua_tostring(L, -1);
+  lua_pushfstring(L, "a %s error whose __tostring failed: %s", luaL_typename(L, -2),
+                  why ? why : "(its own error is not a string either)");
+  lua_remove(L, -2);
+  return lua_tostring(L, -1);
+}
+
 /* Keeps the error of a coroutine that died as the only value on its stack:
    { value = <the error>, traceback = "<message and traceback>" }. */
 static void task_save_error(tug_task *t) {
@@ -260,7 +351,7 @@ static void task_save_error(tug_task *t) {
       lua_pop(L, 1);
   }
   if (msg == NULL)
-    msg = luaL_tolstring(L, -1, NULL);
+    msg = push_error_text(L);
   luaL_traceback(L, co, msg, 0);
   lua_setfield(L, -4, "traceback");
   lua_pop(L, 1);
@@ -284,8 +375,14 @@ static void task_resume(tug_task *t) {
     nargs = t->nargs;
   t->state = TASK_RUNNING;
   tug_task *prev = S.current;
+  lua_State *prev_co = running_co;
   S.current = t;
+  running_co = t->co;
+  t->resumed_at = uv_hrtime();
+  if (signal_unseen()) /* a signal came between turns: it must reach a runaway too */
+    lua_sethook(t->co, task_hook, LUA_MASKCOUNT, SIGNAL_HOOK_COUNT);
   int status = lua_resume(t->co, S.L, nargs, &nres);
+  running_co = prev_co;
   S.current = prev;
   if (status == LUA_YIELD) {
     lua_pop(t->co, nres);
@@ -306,6 +403,11 @@ void sched_cancel(tug_task *t) {
   if (t->state == TASK_DONE || t->cancelled)
     return;
   t->cancelled = 1;
+  /* code that catches the cancel and spins without waiting again is stopped by the hook */
+  t->cancelled_at = uv_hrtime();
+  t->cancel_raise_at = t->cancelled_at + 1000000000u;
+  if (!t->hook_yielded)
+    task_set_hook(t);
   if (t->op) {
     tug_op *op = t->op;
     t->op = NULL;
@@ -323,7 +425,82 @@ void sched_cancel(tug_task *t) {
 
 void sched_set_deadline(tug_task *t, uint64_t deadline) {
   t->deadline = deadline;
-  lua_sethook(t->co, deadline ? hook_deadline : NULL, deadline ? LUA_MASKCOUNT : 0, HOOK_COUNT);
+  if (!t->hook_yielded)
+    task_set_hook(t);
+}
+
+/* ---- scopes: what a run started ----
+ *
+ * A scope is a number. A task belongs to the scope of the task that spawned it, so the
+ * serve task of an http.server a step started, a background task and its own children all
+ * belong to the run whose step started them (the engine spawns each step's task in the
+ * run's scope). When the run ends, whatever is still alive in its scope is cancelled (the
+ * server closes with its serve task) and named in a warning.
+ */
+
+int sched_scope_new(void) {
+  static int last_scope;
+  return ++last_scope;
+}
+
+int sched_scope_current(void) { return S.current ? S.current->scope : 0; }
+
+int sched_scope_set(int scope) {
+  tug_task *t = S.current;
+  int previous = t ? t->scope : 0;
+  if (t)
+    t->scope = scope;
+  return previous;
+}
+
+/* Pushes where t was started or waits: "file.lua:12". */
+static void push_task_where(lua_State *L, tug_task *t) {
+  lua_Debug ar;
+  if (t->state == TASK_NEW) { /* fn sits at the bottom of its stack until it first runs */
+    lua_pushvalue(t->co, 1);
+    if (lua_getinfo(t->co, ">S", &ar) && ar.currentline != -2) {
+      lua_pushfstring(L, "%s:%d", ar.short_src, ar.linedefined);
+      return;
+    }
+  } else {
+    for (int level = 0; lua_getstack(t->co, level, &ar); level++) {
+      if (lua_getinfo(t->co, "Sl", &ar) && ar.currentline > 0) {
+        lua_pushfstring(L, "%s:%d", ar.short_src, ar.currentline);
+        return;
+      }
+    }
+  }
+  lua_pushliteral(L, "an unknown place");
+}
+
+int sched_scope_close(lua_State *L, int scope) {
+  lua_newtable(L);
+  if (scope == 0)
+    return 1;
+  int n = 0;
+  for (;;) { /* oldest first, rescanning: a cancel may finish or cancel other tasks */
+    tug_task *oldest = NULL;
+    for (tug_task *t = S.live; t; t = t->next_live)
+      if (t->scope == scope && t != S.current && !t->cancelled && t->state != TASK_RUNNING)
+        oldest = t;
+    if (oldest == NULL)
+      return 1;
+    if (oldest->label[0])
+      lua_pushstring(L, oldest->label);
+    else {
+      push_task_where(L, oldest);
+      lua_pushfstring(L, "a task %s at %s", oldest->state == TASK_NEW ? "started" : "waiting",
+                      lua_tostring(L, -1));
+      lua_remove(L, -2);
+    }
+    lua_rawseti(L, -2, ++n);
+    oldest->scope = 0;
+    sched_cancel(oldest);
+  }
+}
+
+void sched_set_label(tug_task *t, const char *label) {
+  snprintf(t->label, sizeof t->label, "%s", label);
 }
 
 /* ---- results ---- */
@@ -370,21 +547,65 @@ lua_State *sched_main(void) { return S.L; }
 tug_task *sched_current(void) { return S.current; }
 tug_task *sched_task_of(lua_State *co) { return task_of(co); }
 
-/* ---- interrupts ---- */
+/* ---- interrupts ----
+ *
+ * SIGINT and SIGTERM are caught by a plain handler, not a uv_signal: a uv_signal is only
+ * seen when the loop turns, and a playbook's top level or a script that loops without
+ * yielding never lets it turn. The handler does only what is safe there: it counts the
+ * signal, hooks the running coroutine (as lua.c does) and wakes the loop with uv_async_send.
+ * The hook yields the task so that the loop gets its turn (or ends the task where it cannot
+ * yield); the loop then acts on the signal, with a Lua handler if one is set (the engine
+ * rolls back) or by cancelling every task. One more signal than the handler takes aborts
+ * at once from the handler itself, even if the loop is stuck in C.
+ */
 
-static void on_signal(uv_signal_t *h, int signum) {
-  (void)h;
-  ++S.interrupts;
-  if (S.interrupt_ref != LUA_NOREF && S.interrupts <= 2) {
-    S.interrupt_pending = 1; /* the handler decides; a third signal aborts */
+static void on_signal(int signum) {
+  int saved = errno;
+  if (!pthread_equal(pthread_self(), main_thread)) {
+    /* a libuv or libcurl thread caught it: hooking a coroutine from here would race the
+       thread that runs it, so the signal goes to that thread instead */
+    pthread_kill(main_thread, signum);
+    errno = saved;
     return;
   }
-  if (S.interrupts > 1) {
-    fputs("\ntug: interrupted twice, aborting at once\n", stderr);
-    _exit(128 + signum);
+  raw_signals++;
+  int allowed = S.interrupt_ref != LUA_NOREF ? 2 : 1;
+  if (raw_signals > allowed) {
+    static const char msg[] = "\ntug: interrupted again, aborting at once\n";
+    ssize_t n = write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)n;
+    _exit(EXIT_INTERRUPTED);
   }
-  fputs("\ntug: interrupted: cancelling every task (again to abort at once)\n", stderr);
-  S.cancel_all_pending = 1;
+  lua_State *co = running_co;
+  if (co != NULL)
+    lua_sethook(co, task_hook, LUA_MASKCOUNT, SIGNAL_HOOK_COUNT);
+  uv_async_send(&S.signal_async);
+  errno = saved;
+}
+
+static void on_signal_async(uv_async_t *h) {
+  (void)h;
+  while (S.interrupts < raw_signals) {
+    ++S.interrupts;
+    if (S.interrupt_ref != LUA_NOREF) {
+      S.interrupt_pending++; /* the handler decides, once per signal */
+    } else if (!S.cancel_all_pending) {
+      fputs("\ntug: interrupted: cancelling every task (again to abort at once)\n", stderr);
+      S.cancel_all_pending = 1;
+    }
+  }
+}
+
+static void set_signal_handlers(void (*handler)(int)) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = handler;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaddset(&sa.sa_mask, SIGINT); /* one handler at a time: the counts stay exact */
+  sigaddset(&sa.sa_mask, SIGTERM);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
 }
 
 void sched_cancel_all(void) {
@@ -416,12 +637,12 @@ void sched_init(lua_State *L, uv_loop_t *loop) {
   *(tug_task **)lua_getextraspace(L) = NULL;
   luaL_newmetatable(L, TUG_TASK_MT); /* the task module fills in the methods */
   lua_pop(L, 1);
-  uv_signal_init(loop, &S.sigint);
-  uv_signal_init(loop, &S.sigterm);
-  uv_signal_start(&S.sigint, on_signal, SIGINT);
-  uv_signal_start(&S.sigterm, on_signal, SIGTERM);
-  uv_unref((uv_handle_t *)&S.sigint);
-  uv_unref((uv_handle_t *)&S.sigterm);
+  raw_signals = 0;
+  running_co = NULL;
+  main_thread = pthread_self();
+  uv_async_init(loop, &S.signal_async, on_signal_async);
+  uv_unref((uv_handle_t *)&S.signal_async);
+  set_signal_handlers(on_signal);
 }
 
 int sched_run(void) {
@@ -440,16 +661,30 @@ int sched_run(void) {
     if (!alive && S.ready_head == NULL)
       break;
     uv_run(S.loop, S.ready_head ? UV_RUN_NOWAIT : UV_RUN_ONCE);
+    if (signal_unseen()) /* uv_run does not poll when only unreferenced handles are left */
+      on_signal_async(&S.signal_async);
+    if (S.interrupt_pending && S.interrupt_ref == LUA_NOREF) /* the handler went meanwhile */
+      S.interrupt_pending = 0, S.cancel_all_pending = 1;
     if (S.cancel_all_pending) {
       S.cancel_all_pending = 0;
       sched_cancel_all();
     }
-    if (S.interrupt_pending && S.interrupt_ref != LUA_NOREF) {
-      S.interrupt_pending = 0;
+    /* One call per signal, counting up to S.interrupts. The handlers go first in the queue:
+       a task the hook yielded out of a loop must not spin again before they cancel it. */
+    tug_task *first = S.ready_head, *last = S.ready_tail;
+    S.ready_head = S.ready_tail = NULL;
+    while (S.interrupt_pending > 0) {
       lua_rawgeti(S.L, LUA_REGISTRYINDEX, S.interrupt_ref);
-      lua_pushinteger(S.L, S.interrupts);
+      lua_pushinteger(S.L, S.interrupts - --S.interrupt_pending);
       sched_spawn(S.L, 1);
       lua_pop(S.L, 1);
+    }
+    if (first != NULL) {
+      if (S.ready_tail != NULL)
+        S.ready_tail->next_ready = first;
+      else
+        S.ready_head = first;
+      S.ready_tail = last;
     }
   }
   return S.live == NULL ? 0 : -1;
@@ -458,7 +693,7 @@ int sched_run(void) {
 int sched_unobserved_failures(void) { return S.unobserved_failures; }
 
 void sched_close(void) {
-  uv_close((uv_handle_t *)&S.sigint, NULL);
-  uv_close((uv_handle_t *)&S.sigterm, NULL);
+  set_signal_handlers(SIG_DFL); /* the async handle is going: a late signal ends tug plainly */
+  uv_close((uv_handle_t *)&S.signal_async, NULL);
   uv_run(S.loop, UV_RUN_DEFAULT);
 }

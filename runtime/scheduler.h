@@ -59,6 +59,18 @@ tug_task *sched_task_of(lua_State *co);
 tug_task *sched_current(void);
 int sched_unobserved_failures(void);
 int sched_interrupted(void);
+/* A new scope, for tasks that belong together (a run's steps and all they start). */
+int sched_scope_new(void);
+/* The current task's scope (0: none). */
+int sched_scope_current(void);
+/* Puts the current task in a scope (0: none): what it spawns from now on (and what those
+   spawn) belongs to it. Returns the scope it was in. */
+int sched_scope_set(int scope);
+/* Cancels every task of the scope still alive (but the current one), and pushes a list of
+   what they were (their labels, else where they waited). */
+int sched_scope_close(lua_State *L, int scope);
+/* Names a task for that list ("http.server on 127.0.0.1:8080"). */
+void sched_set_label(tug_task *t, const char *label);
 /* Pops a function (or nil) from L: the handler that Ctrl-C and SIGTERM run, as
    handler(count) in a new task, instead of cancelling every task. */
 void sched_set_interrupt_handler(lua_State *L);

@@ -129,12 +129,34 @@ local planned_process = {
 }
 planned_process.__index = planned_process
 
+-- Processes exec.spawn started inside a scope (a playbook run's steps): process -> scope
+-- and command. When the run ends, one still running is stopped (TERM, then KILL after
+-- kill_grace) and named, as the engine closes what else the steps left open.
+local scoped = setmetatable({}, { __mode = "k" })
+
+tug.scope_closers[#tug.scope_closers + 1] = function(scope)
+  local stopped = {}
+  for proc, owner in pairs(scoped) do
+    if owner.scope == scope then
+      scoped[proc] = nil
+      if select(2, pcall(proc.stop, proc)) == true then -- false: it ended; an error: closed
+        stopped[#stopped + 1] = ("process %s (pid %d)"):format(owner.command, owner.pid)
+      end
+    end
+  end
+  table.sort(stopped)
+  return stopped
+end
+
 -- exec.spawn(argv, opts) -> process: starts the program and returns at once.
 function exec.spawn(argv, opts)
   local copts = core_options(argv, opts, SPAWN_OPTIONS, "exec.spawn")
   local plan = planned(argv, opts)
   if plan then return setmetatable({ result = plan }, planned_process) end
-  return start(argv, copts)
+  local proc = start(argv, copts)
+  local scope = tug.scope()
+  if scope ~= 0 then scoped[proc] = { scope = scope, command = show_command(argv), pid = proc.pid } end
+  return proc
 end
 
 -- exec.run(argv, opts) -> result: runs the program to the end.

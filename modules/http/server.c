@@ -150,6 +150,7 @@ struct srv_server {
   srv_exchange *ready_head, *ready_tail;
   srv_exchange *running;
   srv_accept_op *acceptor; /* the serve task, while it waits */
+  sched_watch serve_watch; /* the serve task: the server closes when it ends, however */
   int handler_ref, dispatch_ref;
   size_t max_body;
   uint64_t idle_ms;
@@ -816,6 +817,7 @@ static void conn_process_input(srv_conn *c) {
 static void srv_server_maybe_free(srv_server *s) {
   if (s->handles_open > 0 || s->attached || s->conn_count > 0 || s->running || s->acceptor)
     return;
+  sched_watch_remove(&s->serve_watch);
   while (s->ready_head) { /* requests that never got a task: their connections are gone */
     srv_exchange *ex = s->ready_head;
     s->ready_head = ex->ready_next;
@@ -1127,6 +1129,33 @@ static int accept_step(lua_State *L, srv_server *s, int may_wait) {
   op->server = s;
   s->acceptor = op;
   return tug_await(L, &op->base);
+}
+
+/* The serve task ended. Usually the server had closed first; but a task cancelled before
+   it ever ran (Ctrl-C right after http.server returned) never waited, so accept_cancel did
+   not run: nothing else would ever close the listening socket, and the loop would serve
+   it forever. */
+static void serve_task_done(sched_watch *w, tug_task *finished) {
+  srv_server *s = (srv_server *)((char *)w - offsetof(srv_server, serve_watch));
+  (void)finished;
+  server_close(s, 0, 1, 1);
+  srv_server_maybe_free(s);
+}
+
+/* core.server_serve_task(server, task): task is the server's serve task (server.lua). */
+static int server_serve_task(lua_State *L) {
+  srv_server *s = check_server(L, 1);
+  tug_task *t = luaL_checkudata(L, 2, TUG_TASK_MT);
+  luaL_argcheck(L, !sched_done(t), 2, "the serve task has already finished");
+  if (s->serve_watch.target != NULL)
+    return luaL_error(L, "http.server: the server already has its serve task");
+  s->serve_watch.notify = serve_task_done;
+  sched_watch_add(&s->serve_watch, t);
+  char label[96];
+  snprintf(label, sizeof label, s->ipv6 ? "http.server on [%s]:%d" : "http.server on %s:%d",
+           s->host, s->port);
+  sched_set_label(t, label);
+  return 0;
 }
 
 /* core.server_accept(server): the serve task's loop body (server.lua). */
@@ -1729,6 +1758,7 @@ static const luaL_Reg exchange_methods[] = {
 static const luaL_Reg server_funcs[] = {
     {"server_listen", server_listen},
     {"server_accept", server_accept},
+    {"server_serve_task", server_serve_task},
     {NULL, NULL},
 };
 

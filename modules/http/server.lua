@@ -188,7 +188,7 @@ function server.start(opts)
   local ok, srv = pcall(core.server_listen, host, port, opts.handler, dispatch, max_body,
     idle_timeout)
   if not ok then error(srv, type(srv) == "string" and 2 or 0) end
-  task.spawn(serve, srv)
+  core.server_serve_task(srv, task.spawn(serve, srv))
   return srv
 end
 

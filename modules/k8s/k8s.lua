@@ -40,7 +40,13 @@ local function embedded_simulator(cfg)
   if simulator and not simulator.closed then return simulator end
   local opts = { port = 0, scenario = cfg.scenario }
   if cfg.timing then opts.timing = cfg.timing end
-  simulator = require("sim").start(opts)
+  -- it serves the whole process, not the run whose step first needed it: outside the
+  -- run's scope, so the run's end does not close it (the CLI does, when the command ends)
+  local outer = tug.scope_set(0)
+  local ok, started = pcall(require("sim").start, opts)
+  tug.scope_set(outer)
+  if not ok then error(started, 0) end
+  simulator = started
   return simulator
 end
 

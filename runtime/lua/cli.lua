@@ -26,6 +26,11 @@ local function usage(fmt, ...)
   return EXIT.usage
 end
 
+-- Ctrl-C or SIGTERM cancelled the command (no run had started): not a problem to report.
+local function cancelled(err)
+  return type(err) == "table" and err.kind == "cancelled"
+end
+
 -- Flags each command accepts: name -> takes a value?
 local FLAGS = {
   run = { env = true, context = true, namespace = true, playbooks = true, step = false, ["no-step"] = false, yes = false, from = true, tags = true,
@@ -206,6 +211,8 @@ local function cmd_check(flags, _, rest)
     local ok, doc_or_err, path = pcall(environment.load, name, { resolve_refs = false })
     if ok then
       check_refs(path, "", doc_or_err, problems)
+    elseif cancelled(doc_or_err) then
+      error(doc_or_err, 0)
     else
       problems[#problems + 1] = tostring(doc_or_err)
     end
@@ -220,6 +227,7 @@ end
 
 local function load_env(name, explicit)
   local ok, env = pcall(environment.load, name)
+  if not ok and cancelled(env) then error(env, 0) end
   if not ok then return nil, tostring(env) end
   if env.protected and not explicit then
     return nil, string.format("environment '%s' is protected: name it explicitly with --env %s", name, name)
@@ -582,8 +590,14 @@ local flags, params, rest = parse(command, args)
 if not flags then return usage("%s", params) end
 if flags.help then return cmd_help({}, {}, { command }) end
 local ok, code = pcall(COMMANDS[command], flags, params, rest)
-stop_simulator()
+pcall(stop_simulator) -- after Ctrl-C this task is cancelled: closing must not wait
 if ok then return code end
+-- Ctrl-C or SIGTERM before a run started (loading playbooks, resolving the environment):
+-- nothing ran, no journal or lock was made. A run answers them itself (rolls back, exit 4).
+if cancelled(code) and tug.interrupted() > 0 then
+  complain("interrupted: 'tug %s' stopped before anything ran", command)
+  return EXIT.interrupted
+end
 -- a structured error from loading or validation is a usage problem; one from the journal
 -- or a lock (a directory that cannot be created, a file that cannot be written) is a
 -- failure to run; anything else is a bug

@@ -10,7 +10,7 @@ local lock = require("tug.lock")
 
 local M = {}
 
-M.EXIT = { ok = 0, failed = 1, usage = 2, locked = 3, aborted = 4, rollback_failed = 5 }
+M.EXIT = { ok = 0, failed = 1, usage = 2, locked = 3, aborted = 4, rollback_failed = 5, interrupted = 130 }
 
 local DEFAULT_UNDO_TIMEOUT = 600
 
@@ -165,11 +165,18 @@ function Run:emit_with_state(event, ops, text)
   return false, text
 end
 
+-- An error's text. Its __tostring is the playbook's code and may itself fail: the step
+-- still fails with a message that says so, and the run goes on to its rollback.
 local function error_text(err)
+  local value = err
   if type(err) == "table" then
-    return tostring(err.message or err)
+    local ok, message = pcall(function() return err.message end)
+    if ok and message ~= nil then value = message end
   end
-  return tostring(err)
+  local ok, text = pcall(tostring, value)
+  if ok and type(text) == "string" then return text end
+  return string.format("(a %s error object whose __tostring failed: %s)", type(value),
+    ok and ("it returned a " .. type(text)) or (type(text) == "string" and text or type(text)))
 end
 
 function Run:make_ctx()
@@ -261,10 +268,12 @@ end
 -- self.current so that Ctrl-C can cancel it.
 function Run:call(fn, timeout)
   local ctx = self.ctx
+  local outer = tug.scope_set(self.scope) -- what the step starts belongs to the run
   local worker = task.spawn(function()
     if timeout then return task.timeout(timeout, fn, ctx) end
     return fn(ctx)
   end)
+  tug.scope_set(outer)
   self.current = worker
   local ok, err = pcall(worker.wait, worker)
   self.current = nil
@@ -446,11 +455,27 @@ function Run:rollback()
   return "rolled-back"
 end
 
+-- Closes what the steps started and left running (an http.server, a background task): a
+-- run that ends must end, and --every's next run must find its port free. Each is named.
+function Run:close_leftovers()
+  local function warn(what, state, done)
+    self:emit({ event = "log", level = "warn",
+      message = string.format("%s was still %s when the run ended: %s", what, state, done) })
+  end
+  for _, what in ipairs(tug.scope_close(self.scope)) do
+    if what:match("^a task ") then warn(what, "running", "cancelled") else warn(what, "open", "closed") end
+  end
+  for _, closer in ipairs(tug.scope_closers) do
+    for _, what in ipairs(closer(self.scope)) do warn(what, "running", "stopped") end
+  end
+end
+
 function Run:on_interrupt(count)
   if count == 1 then
     self.interrupted = true
     self.reporter.event({ event = "log", level = "warn",
-      message = "interrupted: cancelling the running step, then rolling back (again to stop at once)" })
+      message = self.plan and "interrupted: cancelling the running step (again to stop at once)"
+        or "interrupted: cancelling the running step, then rolling back (again to stop at once)" })
   else
     self.stop_rollback = true
   end
@@ -504,6 +529,13 @@ function M.run(opts)
   if self.env.kubernetes then require("k8s").set_environment(self.env) end
   M.current = { env = self.env, run_id = self.run_id, playbook = pb.name }
 
+  -- From here on Ctrl-C and SIGTERM come to the run (before the lock is taken, so that a
+  -- signal can never leave a lock without its journal): cancel the step, roll back.
+  tug.on_interrupt(function(count) self:on_interrupt(count) end)
+  -- Everything the steps start (servers, background tasks) belongs to the run: what is
+  -- still open when it ends is closed then, with a warning (close_leftovers).
+  self.scope = tug.scope_new()
+
   -- Held until this function returns or raises: this process's claim on the run id, then
   -- the playbook's lock. A resume arrives holding the run's claim already (cli.lua takes it
   -- before it reads the journal).
@@ -515,6 +547,7 @@ function M.run(opts)
     if not claim then
       io.stderr:write("tug: ", why, "\n")
       M.current = nil
+      tug.on_interrupt(nil)
       return M.EXIT.locked
     end
   end
@@ -532,6 +565,7 @@ function M.run(opts)
         io.stderr:write("tug: ", string.format("lock '%s' on %s is %s%s", pb.lock, self.env.name, lock.describe(holder),
           lock.hint(reason, backend.path and backend.path(self.env.name, pb.lock))), "\n")
         M.current = nil
+        tug.on_interrupt(nil)
         return M.EXIT.locked
       end
     end
@@ -540,9 +574,6 @@ function M.run(opts)
   end
 
   self.ctx = self:make_ctx()
-  if not self.plan then
-    tug.on_interrupt(function(count) self:on_interrupt(count) end)
-  end
   log.set_sink(function(record)
     self:emit({ event = "log", level = record.level, message = record.message, fields = record.fields })
   end)
@@ -564,6 +595,15 @@ function M.run(opts)
   local status, reason = "succeeded", nil
   for index, step in ipairs(pb.steps) do
     local skip = self:should_skip(index, step)
+    if self.interrupted and not skip then -- it came before this step started: nothing to cancel
+      status, reason = self.plan and "plan-failed" or "aborted", "interrupted before step \"" .. step.name .. "\""
+      if not self.plan and not opts.no_undo and #self.completed > 0 then
+        local rstatus, rreason = self:rollback()
+        status = rstatus
+        if rreason then reason = reason .. "; " .. rreason end
+      end
+      break
+    end
     if skip then
       if not self.done[index] then
         self:emit({ event = "step_skip", index = index, name = step.name, reason = skip })
@@ -602,6 +642,7 @@ function M.run(opts)
   end
   if self.plan and status == "succeeded" then status = "planned" end
 
+  self:close_leftovers()
   tug.plan.set(false)
   log.set_sink(nil)
   self:emit({ event = "run_end", run_id = self.run_id, playbook = pb.name, status = status, reason = reason,

@@ -143,6 +143,7 @@ function M.load(name, opts)
   end
   f:close()
   local ok, doc = pcall(yaml.load_file, path)
+  if not ok and type(doc) == "table" and doc.kind == "cancelled" then error(doc, 0) end
   if not ok then error(tug.error.new("environment", tostring(doc)), 0) end
   if doc == nil then doc = {} end
   if type(doc) ~= "table" then fail(path, "", "must be a mapping of settings") end

@@ -126,11 +126,13 @@ M.exit_codes = {
     "(nothing was run)" },
   { "3", "the playbook's lock is held by another run, or the run being resumed is running in " ..
     "another process (the holder is named)" },
-  { "4", "aborted by the user: Ctrl-C (after rolling back), declined confirmation, --step abort " ..
-    "(with --every: Ctrl-C or SIGTERM during a run, which is rolled back, ends the loop)" },
+  { "4", "aborted by the user: Ctrl-C or SIGTERM (after rolling back), declined confirmation, " ..
+    "--step abort (with --every: a run interrupted and rolled back ends the loop)" },
   { "5", "rollback failed: an undo failed, a human must look (--every stops there too)" },
-  { "130", "a script interrupted by Ctrl-C or SIGTERM (tug lua): every task was cancelled; with " ..
-    "--every: Ctrl-C or SIGTERM between runs (nothing was running)" },
+  { "130", "Ctrl-C or SIGTERM with no run going: a script (tug lua; every task was cancelled), " ..
+    "a command still loading playbooks or environments (nothing ran), --every between runs; or " ..
+    "one Ctrl-C more than tug takes (it aborts at once). tug answers within 2 s, even in a Lua " ..
+    "loop that never waits" },
 }
 
 -- ---- the terminal ----

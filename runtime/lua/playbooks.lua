@@ -183,6 +183,8 @@ function M.load(path)
   local ok, pb = pcall(chunk)
   loading = nil
   if not ok then
+    -- Ctrl-C or SIGTERM while the file's top level ran: the command stops, the file is fine
+    if type(pb) == "table" and pb.kind == "cancelled" then error(pb, 0) end
     return nil, type(pb) == "table" and pb.message or tostring(pb)
   end
   if type(pb) ~= "table" or getmetatable(pb) == nil or getmetatable(pb).__name ~= "tug.playbook" then

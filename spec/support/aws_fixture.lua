@@ -20,9 +20,7 @@ Fixture.__index = Fixture
 
 function Fixture:stop()
   if self.proc then
-    self.proc:kill("TERM")
-    pcall(task.timeout, 5, function() self.proc:wait() end)
-    self.proc:close()
+    require("child").stop(self.proc, "aws_fixture.py") -- SIGKILL after 5 s
     self.proc = nil
   end
 end

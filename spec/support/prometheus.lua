@@ -104,10 +104,7 @@ Server.__index = Server
 -- it was given. Safe to call twice.
 function Server:stop()
   if self.proc then
-    self.proc:kill("TERM")
-    local ok = pcall(task.timeout, 10, self.proc.wait, self.proc)
-    if not ok then self.proc:kill("KILL") end
-    self.proc:close()
+    require("child").stop(self.proc, "prometheus", { seconds = 10 })
     self.proc = nil
   end
   if self.dir then
@@ -193,9 +190,7 @@ scrape_configs:
       if #server.targets > 0 then server:wait_for("up", nil, 20) end
       return server
     end
-    proc:kill("TERM")
-    pcall(task.timeout, 5, proc.wait, proc)
-    proc:close()
+    require("child").stop(proc, "prometheus")
   end
   exec.run({ "rm", "-rf", dir })
   for _, t in ipairs(opts.targets or {}) do t:close() end

@@ -52,9 +52,7 @@ Server.__index = Server
 
 function Server:stop()
   if self.proc then
-    self.proc:kill("TERM")
-    pcall(task.timeout, 5, function() self.proc:wait() end)
-    self.proc:close()
+    require("child").stop(self.proc, "s3rver") -- SIGKILL after 5 s
     self.proc = nil
   end
   if self.dir then

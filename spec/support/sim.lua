@@ -65,9 +65,7 @@ function M.start_child(opts)
     end
   end
   if not url then
-    proc:kill("KILL")
-    proc:wait()
-    proc:close()
+    child.stop(proc, "the simulator child", { signal = "KILL" })
     error("the simulator child did not say its URL")
   end
   local c = setmetatable({ url = url, dir = dir, process = proc }, Cluster)
@@ -86,10 +84,11 @@ end
 function Cluster:close()
   if self.sim then self.sim:close() end
   if self.process then
-    self.process:kill("TERM")
-    self.process:wait()
-    self.process:close()
+    local proc = self.process
     self.process = nil
+    -- tug must stop on SIGTERM at once (whatever it was doing): a child that does not
+    -- fails the spec here, by name, instead of hanging it
+    child.stop(proc, "the simulator child (tug lua, sim.start)", { must_stop = true, seconds = 5 })
   end
   remove_dir(self.dir)
   self.dir = nil
