@@ -147,6 +147,16 @@ static int host_on_interrupt(lua_State *L) {
   return 0;
 }
 
+/* tug.on_hangup(fn): when the terminal goes (SIGHUP), tug goes on without it and calls
+   fn() in a new task; nil restores the default (SIGHUP ends tug as SIGTERM does). */
+static int host_on_hangup(lua_State *L) {
+  if (!lua_isnoneornil(L, 1))
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  sched_set_hangup_handler(L);
+  return 0;
+}
+
 /* tug.interrupted() -> how many Ctrl-C or SIGTERM the loop has seen. */
 static int host_interrupted(lua_State *L) {
   lua_pushinteger(L, sched_interrupted());
@@ -183,6 +193,7 @@ static int host_scope(lua_State *L) {
 
 static const luaL_Reg host_functions[] = {
     {"on_interrupt", host_on_interrupt},
+    {"on_hangup", host_on_hangup},
     {"interrupted", host_interrupted},
     {"scope_new", host_scope_new},
     {"scope_set", host_scope_set},

@@ -14,6 +14,7 @@
 #include "scheduler.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -70,6 +71,8 @@ static struct {
   int cancel_all_pending;  /* set by the signal callback, acted on between loop turns */
   int interrupt_pending;   /* the same, for a Lua interrupt handler: calls still to make */
   int interrupt_ref;       /* registry ref of that handler, or LUA_NOREF */
+  int hangup_ref;          /* registry ref of the SIGHUP handler (a run's), or LUA_NOREF */
+  int hangups_seen;        /* SIGHUPs the loop has acted on */
   uv_async_t signal_async; /* wakes the loop from the signal handler */
 } S;
 
@@ -77,6 +80,9 @@ static struct {
    and SIGTERM; S.interrupts catches up with it on the loop. running_co is the coroutine
    lua_resume is running, so that the handler can hook code that never yields. */
 static volatile sig_atomic_t raw_signals;
+/* SIGHUP while a run has a hangup handler: counted here, acted on by the loop. Without a
+   handler (a script, the simulator) SIGHUP ends tug as SIGTERM does. */
+static volatile sig_atomic_t raw_hangups, hangup_detaches;
 static lua_State *volatile running_co;
 static pthread_t main_thread; /* the one that runs Lua: the only one the handler may hook */
 
@@ -583,6 +589,53 @@ static void on_signal(int signum) {
   errno = saved;
 }
 
+/* The terminal went away (a closed window, a lost SSH connection). A run goes on without
+   it: the loop points stdin, stdout and stderr at /dev/null and tells the run. */
+static void on_hangup(int signum) {
+  int saved = errno;
+  if (!pthread_equal(pthread_self(), main_thread)) {
+    pthread_kill(main_thread, signum);
+    errno = saved;
+    return;
+  }
+  if (!hangup_detaches) {
+    on_signal(signum);
+    errno = saved;
+    return;
+  }
+  raw_hangups++;
+  uv_async_send(&S.signal_async);
+  errno = saved;
+}
+
+/* Once per hangup: stdin reads end (EOF), writes go nowhere instead of failing, and the
+   run's handler is called in a task of its own. */
+static void act_on_hangups(void) {
+  if (S.hangups_seen == raw_hangups)
+    return;
+  S.hangups_seen = raw_hangups;
+  fflush(stdout);
+  fflush(stderr);
+  int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null >= 0) {
+    for (int fd = 0; fd <= 2; fd++)
+      dup2(null, fd);
+    if (null > 2)
+      close(null);
+  }
+  if (S.hangup_ref != LUA_NOREF) {
+    lua_rawgeti(S.L, LUA_REGISTRYINDEX, S.hangup_ref);
+    sched_spawn(S.L, 0);
+    lua_pop(S.L, 1);
+  }
+}
+
+void sched_set_hangup_handler(lua_State *L) {
+  luaL_unref(L, LUA_REGISTRYINDEX, S.hangup_ref);
+  S.hangup_ref = lua_isnil(L, -1) ? (lua_pop(L, 1), LUA_NOREF) : luaL_ref(L, LUA_REGISTRYINDEX);
+  hangup_detaches = S.hangup_ref != LUA_NOREF;
+}
+
 static void on_signal_async(uv_async_t *h) {
   (void)h;
   while (S.interrupts < raw_signals) {
@@ -604,8 +657,12 @@ static void set_signal_handlers(void (*handler)(int)) {
   sigemptyset(&sa.sa_mask);
   sigaddset(&sa.sa_mask, SIGINT); /* one handler at a time: the counts stay exact */
   sigaddset(&sa.sa_mask, SIGTERM);
+  sigaddset(&sa.sa_mask, SIGHUP);
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
+  if (handler == on_signal)
+    sa.sa_handler = on_hangup;
+  sigaction(SIGHUP, &sa, NULL);
 }
 
 void sched_cancel_all(void) {
@@ -632,6 +689,8 @@ void sched_set_interrupt_handler(lua_State *L) {
 void sched_init(lua_State *L, uv_loop_t *loop) {
   memset(&S, 0, sizeof S);
   S.interrupt_ref = LUA_NOREF;
+  S.hangup_ref = LUA_NOREF;
+  raw_hangups = hangup_detaches = 0;
   S.L = L;
   S.loop = loop;
   *(tug_task **)lua_getextraspace(L) = NULL;
@@ -663,6 +722,7 @@ int sched_run(void) {
     uv_run(S.loop, S.ready_head ? UV_RUN_NOWAIT : UV_RUN_ONCE);
     if (signal_unseen()) /* uv_run does not poll when only unreferenced handles are left */
       on_signal_async(&S.signal_async);
+    act_on_hangups();
     if (S.interrupt_pending && S.interrupt_ref == LUA_NOREF) /* the handler went meanwhile */
       S.interrupt_pending = 0, S.cancel_all_pending = 1;
     if (S.cancel_all_pending) {

@@ -74,5 +74,9 @@ void sched_set_label(tug_task *t, const char *label);
 /* Pops a function (or nil) from L: the handler that Ctrl-C and SIGTERM run, as
    handler(count) in a new task, instead of cancelling every task. */
 void sched_set_interrupt_handler(lua_State *L);
+/* Pops a function (or nil) as the SIGHUP handler: while one is set, SIGHUP detaches tug
+   from its terminal (stdin, stdout, stderr to /dev/null) and calls it in a new task;
+   without one, SIGHUP is handled as SIGTERM. */
+void sched_set_hangup_handler(lua_State *L);
 
 #endif

@@ -274,3 +274,76 @@ return playbook { steps = {
     assert.is_nil(r.stderr:find("internal error", 1, true), r.stderr)
   end)
 end)
+
+-- SIGHUP: the terminal goes (a closed window, a lost SSH connection) under a real tmux.
+describe("when the terminal goes away", function()
+  local SOCKET = "tug-hup-spec-" .. tug.sys.pid()
+  local p
+  before_each(function() p = project.new() end)
+  after_each(function()
+    exec.run({ "tmux", "-L", SOCKET, "kill-server" })
+    p:remove()
+  end)
+
+  -- Runs tug ARGS in a tmux window, waits until `trace` holds `first`, then closes the
+  -- window (tmux sends SIGHUP), and waits for the journal's run_end.
+  local function run_then_hang_up(args, first)
+    exec.run({ "tmux", "-L", SOCKET, "new-session", "-d", "-x", "120", "-y", "30", "-c", p.dir,
+      "-e", "CI=", "-e", "GITHUB_ACTIONS=", child.tug .. " " .. table.concat(args, " ") }, { check = true })
+    assert.is_true(project.wait_for(function() return (p:read("trace") or ""):find(first, 1, true) ~= nil end),
+      "the run never started")
+    exec.run({ "tmux", "-L", SOCKET, "kill-server" })
+    local ended
+    assert.is_true(project.wait_for(function()
+      for _, e in ipairs(p:journal() or {}) do if e.event == "run_end" then ended = e end end
+      return ended ~= nil
+    end, 15), "the run never ended")
+    return ended, p:journal()
+  end
+
+  it("goes on with the run and finishes it, saying so in the journal", function()
+    p:write("playbooks/pb.lua", [[
+local function trace(s) local f = io.open("trace", "a") f:write(s, "\n") f:close() end
+return playbook { steps = {
+  step "one" { run = function() trace("one") task.sleep(1.5) end, undo = function() trace("undo:one") end },
+  step "two" { run = function() print("writing to a terminal that is gone") trace("two") end },
+} }]])
+    local ended, events = run_then_hang_up({ "run", "pb" }, "one")
+    assert.are.equal("succeeded", ended.status)
+    assert.are.equal("one\ntwo\n", p:read("trace"))
+    local said
+    for _, e in ipairs(events) do
+      if e.event == "log" and e.message:find("the terminal closed (SIGHUP): the run goes on", 1, true) then said = e end
+    end
+    assert.truthy(said, "no word of the hangup in the journal")
+    assert.matches("follow it with `tug show " .. ended.run_id .. "`", said.message, 1, true)
+  end)
+
+  it("counts a question asked after it as declined, and rolls back", function()
+    p:write("playbooks/pb.lua", [[
+local function trace(s) local f = io.open("trace", "a") f:write(s, "\n") f:close() end
+return playbook { steps = {
+  step "one" { run = function() trace("one") task.sleep(1.5) end, undo = function() trace("undo:one") end },
+  step "two" { confirm = "Go on?", run = function() trace("two") end },
+} }]])
+    local ended = run_then_hang_up({ "run", "pb" }, "one")
+    assert.are.equal("rolled-back", ended.status)
+    assert.matches("no terminal to ask", ended.reason)
+    assert.are.equal("one\nundo:one\n", p:read("trace"))
+  end)
+
+  it("ends a script as SIGTERM does", function()
+    local proc, lines, reader = lua_child([[print("ready") io.stdout:flush() while true do task.sleep(1) end]])
+    local r = signal_when(proc, "HUP", said(lines, "ready"), reader)
+    assert.are.equal(130, r.code)
+  end)
+
+  it("shows a run whose process died in tug runs, with the command that resumes it", function()
+    p:write("playbooks/gone.lua", [[return playbook { steps = { step "a" { run = function() os.exit(9) end } } }]])
+    assert.are.equal(9, p:tug({ "run", "gone" }).code)
+    local _, id = p:journal()
+    local r = p:tug({ "runs" })
+    assert.matches(id:gsub("%-", "%%-") .. "%s+gone%s+local%s+died", r.stdout)
+    assert.matches("run " .. id .. " died before it ended: tug resume " .. id, r.stdout, 1, true)
+  end)
+end)

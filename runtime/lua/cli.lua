@@ -481,7 +481,20 @@ local function cmd_runs(flags, _, rest)
   end
   local runs = journal.list()
   if #runs == 0 then say("no runs in %s", journal.dir()) return EXIT.ok end
-  for _, r in ipairs(runs) do say("%s", run_line(r)) end
+  -- a run whose journal has not ended and whose process is gone died: it can be resumed
+  local lock, host, died = require("tug.lock"), tug.sys.hostname(), {}
+  for _, r in ipairs(runs) do
+    if r.status == "running" then
+      local alive = lock.run_alive(r.run_id)
+      if alive == nil and r.host == host and math.type(r.pid) == "integer" then alive = tug.sys.pid_alive(r.pid) end
+      if alive == false then
+        r.status = "died"
+        died[#died + 1] = r.run_id
+      end
+    end
+    say("%s", run_line(r))
+  end
+  for _, id in ipairs(died) do say("run %s died before it ended: tug resume %s", id, id) end
   return EXIT.ok
 end
 

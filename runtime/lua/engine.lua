@@ -483,6 +483,18 @@ function Run:on_interrupt(count)
   if self.opts.on_interrupt then self.opts.on_interrupt(count) end -- --every stops after this run
 end
 
+-- The terminal went away (SIGHUP: a closed window, a lost SSH connection). The run goes on
+-- and finishes, into its journal: stopping half way would leave the environment between
+-- two versions, and rolling back would be a second change nobody asked for. A question
+-- from now on has no terminal to be asked on, so it counts as declined (and the run rolls
+-- back as it would for a no).
+function Run:on_hangup()
+  self.hung_up = true
+  self:emit({ event = "log", level = "warn", message = "the terminal closed (SIGHUP): the run goes on without it" ..
+    (self.journal and ("; follow it with `tug show " .. self.run_id .. "`") or "") ..
+    "; a question it asks from now on gets no answer" })
+end
+
 -- Runs (or plans) a playbook. opts: pb, env, params, plan, yes, step_mode, from, tags,
 -- no_undo, reporter, resume (a journal summary), run_lock (the resumed run's, from
 -- lock.run_lock; released here), break_lock, on_interrupt (told of each Ctrl-C or SIGTERM
@@ -532,6 +544,7 @@ function M.run(opts)
   -- From here on Ctrl-C and SIGTERM come to the run (before the lock is taken, so that a
   -- signal can never leave a lock without its journal): cancel the step, roll back.
   tug.on_interrupt(function(count) self:on_interrupt(count) end)
+  tug.on_hangup(function() self:on_hangup() end)
   -- Everything the steps start (servers, background tasks) belongs to the run: what is
   -- still open when it ends is closed then, with a warning (close_leftovers).
   self.scope = tug.scope_new()
@@ -548,6 +561,7 @@ function M.run(opts)
       io.stderr:write("tug: ", why, "\n")
       M.current = nil
       tug.on_interrupt(nil)
+      tug.on_hangup(nil)
       return M.EXIT.locked
     end
   end
@@ -566,6 +580,7 @@ function M.run(opts)
           lock.hint(reason, backend.path and backend.path(self.env.name, pb.lock))), "\n")
         M.current = nil
         tug.on_interrupt(nil)
+        tug.on_hangup(nil)
         return M.EXIT.locked
       end
     end
@@ -659,6 +674,7 @@ function M.run(opts)
     end
   end
   tug.on_interrupt(nil)
+  tug.on_hangup(nil)
   M.current = nil
 
   if status == "succeeded" or status == "planned" then return M.EXIT.ok end

@@ -163,4 +163,17 @@ function M.run_lock(run_id, playbook, command)
   return nil, string.format("run %s is already running (%s)", run_id, who)
 end
 
+-- Whether a process holds run RUN_ID's lock now: true, false (the lock is there and free:
+-- its process died), or nil when there is no lock to go by (the run ended, or an older tug
+-- ran it). Looks only; takes nothing.
+function M.run_alive(run_id)
+  local probe, _, why = tug.sys.lock_probe(journal.home() .. "/locks/runs/" .. run_id .. ".lock")
+  if probe then
+    probe:close()
+    return false
+  end
+  if why == "held" then return true end
+  return nil
+end
+
 return M
