@@ -6,6 +6,9 @@
 #   make test          deps + build + every test (the busted specs in tug)
 #   make demo          the main job (see README.md)
 #   make bench         benchmarks, figures printed beside the tools users would pick
+#   make soak          10 minutes of load on `tug sim` and `tug run smoke --every 1s`: memory
+#                      and descriptors at the start and the end must agree within 10%
+#                      (SOAK_SECONDS=600; see spec/soak/run.sh)
 #   make sanitize      the whole suite under ASan + UBSan
 #   make fuzz          the parsers' fuzzer under ASan + UBSan (FUZZ_TIME=600 seconds in all)
 #   make lint          clang-format in check mode
@@ -39,7 +42,7 @@ OBJS  := $(patsubst %.c,$(BUILD)/%.o,$(RUNTIME_SRC) $(MODULE_SRC)) $(BUILD)/embe
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 SAN_BUILD := build/asan
 
-.PHONY: all deps test demo bench sanitize fuzz lint install deb clean
+.PHONY: all deps test demo bench soak sanitize fuzz lint install deb clean
 .DELETE_ON_ERROR:
 
 all: $(BIN)
@@ -103,6 +106,10 @@ bench: deps
 	@vendor/install.sh bench
 	@$(MAKE) --no-print-directory tug
 	spec/bench/run.sh
+
+soak: deps
+	@$(MAKE) --no-print-directory tug
+	spec/soak/run.sh
 
 lint:
 	clang-format --dry-run -Werror runtime/*.c runtime/*.h modules/*/*.c

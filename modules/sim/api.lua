@@ -260,13 +260,9 @@ function Handler:watch(def, ns, req)
     return object_json(obj)
   end
 
-  local function event_line(kind, obj, entry)
-    if entry and not table_version then
-      entry.json = entry.json or object_json(entry.obj)
-      if obj == entry.obj then
-        return '{"type":"' .. kind .. '","object":' .. entry.json .. "}\n"
-      end
-    end
+  -- An object's JSON is made once (object_json's cache, which lives as long as the
+  -- object); the event line around it is made per watch and not kept.
+  local function event_line(kind, obj)
     return '{"type":"' .. kind .. '","object":' .. encode_object(obj) .. "}\n"
   end
 
@@ -311,19 +307,19 @@ function Handler:watch(def, ns, req)
         local kind, obj = e.type, e.obj
         local line
         if not filtered then
-          if not ns or obj.metadata.namespace == ns then line = event_line(kind, obj, e) end
+          if not ns or obj.metadata.namespace == ns then line = event_line(kind, obj) end
         else
           -- objects entering or leaving the selection are ADDED or DELETED for this watch
           local now_in = kind ~= "DELETED" and matches(obj)
           local was_in = e.old ~= nil and matches(e.old)
           if kind == "DELETED" then
-            if matches(obj) then line = event_line("DELETED", obj, e) end
+            if matches(obj) then line = event_line("DELETED", obj) end
           elseif now_in and was_in then
-            line = event_line("MODIFIED", obj, e)
+            line = event_line("MODIFIED", obj)
           elseif now_in then
-            line = event_line("ADDED", obj, e)
+            line = event_line("ADDED", obj)
           elseif was_in then
-            line = event_line("DELETED", obj, e)
+            line = event_line("DELETED", obj)
           end
         end
         if line and not write(line) then return end

@@ -6,7 +6,9 @@
 -- task.event when work arrives, yielding between batches so the API keeps serving.
 --
 -- `pause` stops the world (nothing runs, timers stay due); `resume` goes on, running
--- what fell due meanwhile.
+-- what fell due meanwhile. A cancelled timer stays in the heap until it comes up, unless
+-- cancelled ones are most of the heap: then it is rebuilt without them (a controller
+-- that moves a 600 s progress deadline at every sync would otherwise keep 600 s of them).
 
 local log = require("log")
 local task = require("task")
@@ -20,11 +22,15 @@ Clock.__index = Clock
 -- work cannot hold up the API server's requests for long.
 local SLICE = 0.005
 local BATCH = 500
+-- The heap is rebuilt when more than this many of its timers, and more than half, are
+-- cancelled ones.
+local COMPACT_AFTER = 64
 
 function clock.new()
   return setmetatable({
     heap = {},
     n = 0,
+    cancelled = 0, -- timers in the heap whose cancel() was called
     seq = 0,
     queue = {}, -- deferred callbacks, in order
     qhead = 1,
@@ -66,6 +72,7 @@ end
 local function pop(self)
   local heap = self.heap
   local top = heap[1]
+  if top.cancelled then self.cancelled = self.cancelled - 1 end
   local n = self.n
   heap[1] = heap[n]
   heap[n] = nil
@@ -89,10 +96,29 @@ end
 function Clock:after(seconds, fn)
   self.seq = self.seq + 1
   local t = { at = time.now() + math.max(seconds or 0, 0), seq = self.seq, fn = fn }
-  t.cancel = function() t.fn = nil end
+  t.cancel = function()
+    if t.fn == nil then return end -- ran, or cancelled already
+    t.fn, t.cancelled = nil, true
+    self.cancelled = self.cancelled + 1
+    if self.cancelled > COMPACT_AFTER and self.cancelled * 2 > self.n then self:compact() end
+  end
   push(self, t)
   if self.n == 1 or self.heap[1] == t then self.signal:notify() end
   return t
+end
+
+-- Rebuilds the heap without its cancelled timers (a sorted array is a heap).
+function Clock:compact()
+  local live, n = {}, 0
+  for i = 1, self.n do
+    local t = self.heap[i]
+    if t.fn then
+      n = n + 1
+      live[n] = t
+    end
+  end
+  table.sort(live, less)
+  self.heap, self.n, self.cancelled = live, n, 0
 end
 
 -- Runs fn() soon, in order with other deferred callbacks.

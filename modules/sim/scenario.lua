@@ -4,6 +4,7 @@
 -- (maps merged, `objects`, `traffic`, `faults` and `exec` appended), so a test can change the
 -- timing alone.
 
+local time = require("time")
 local yaml = require("yaml")
 local util = require("sim.util")
 
@@ -12,7 +13,7 @@ local scenario = {}
 local KEYS = {
   extends = true, namespace = true, timing = true, warm_start = true, admin_token = true,
   features = true, providers = true, images = true, traffic = true, objects = true, faults = true,
-  events = true, watch_cache = true, name = true, description = true, exec = true,
+  events = true, watch_cache = true, watch_cache_window = true, name = true, description = true, exec = true,
 }
 
 local TIMING = {
@@ -101,6 +102,23 @@ function scenario.load(spec)
     watch_cache = doc.watch_cache,
     timing = {},
   }
+  local function count(v, what)
+    if v ~= nil and (math.type(v) ~= "integer" or v < 1) then
+      error(("sim: scenario: %s must be a whole number above 0 (got %s)"):format(what, tostring(v)), 0)
+    end
+  end
+  count(out.watch_cache, "watch_cache")
+  if type(out.events) ~= "table" then error("sim: scenario: events must be a mapping ({ max, enabled })", 0) end
+  count(out.events.max, "events.max")
+  if doc.watch_cache_window ~= nil then
+    local v = doc.watch_cache_window
+    local w = (type(v) == "string" or type(v) == "number") and time.parse_duration(v)
+    if not w or w <= 0 then
+      error(("sim: scenario: watch_cache_window must be a duration above 0 such as 75s (got %s)")
+        :format(tostring(doc.watch_cache_window)), 0)
+    end
+    out.watch_cache_window = w
+  end
   for k in pairs(doc.timing or {}) do
     if TIMING[k] == nil then
       error(("sim: scenario: unknown timing %q (known: %s)"):format(k, table.concat(util.sorted_keys(TIMING), ", ")), 0)

@@ -64,7 +64,7 @@ function sim.start(opts)
   }, Sim)
   if opts.timing then s:set_timing(opts.timing) end
   s.clock = clock.new()
-  s.store = store.new({ log_capacity = sc.watch_cache, clock = function() return s.clock:now() end })
+  s.store = store.new({ log_capacity = sc.watch_cache, log_window = sc.watch_cache_window, clock = function() return s.clock:now() end })
   s.recorder = events.new(s.store, { max = sc.events.max, enabled = sc.events.enabled })
   s.faults = faults.new(sc.images, s.clock)
   s.metrics = metrics.new()
@@ -333,7 +333,23 @@ function Sim:state()
   local counts = {}
   for name in pairs(resources.DEFS) do counts[name] = self.store:count(name) end
   local deferred, timers = self.clock:pending()
+  -- what the cluster holds that grows with use, each with its bound: the watch cache
+  -- (watch_cache, watch_cache_window), the timers (cancelled ones included), the
+  -- containers' logs (2,000 lines each); the Lua heap counts garbage not yet collected
+  local cached, log_lines = 0, 0
+  for name in pairs(resources.DEFS) do
+    local r = self.store:state(name)
+    cached = cached + (r.last - r.first + 1)
+  end
+  for _, pod in pairs(self.kubelet.pods) do
+    for _, lines in pairs(pod.logs) do log_lines = log_lines + #lines end
+    for _, lines in pairs(pod.previous or {}) do log_lines = log_lines + #lines end
+  end
   return {
+    memory = {
+      lua_heap_kb = math.floor(collectgarbage("count")), watch_cache_events = cached, timers = self.clock.n,
+      container_log_lines = log_lines,
+    },
     url = self.url, resourceVersion = self.store.rv, objects = counts,
     pending = { deferred = deferred, timers = timers }, paused = self.clock.paused,
     controller_syncs = self.controller.syncs, controller_errors = self.clock.errors,

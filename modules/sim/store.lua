@@ -2,7 +2,10 @@
 -- server's registry are to a real cluster. One global resourceVersion counter bumped by
 -- every write (status writes included); per resource, the objects by "namespace/name",
 -- a sorted key cache for lists, an index of dependents by owner uid, and a log of recent
--- events that watches read from (older than the log -> 410 Expired).
+-- events that watches read from (older than the log -> 410 Expired). The log is
+-- kube-apiserver's watch cache: it keeps the last `log_window` seconds of a resource's
+-- events (75 s, at least 100 events) and never more than `log_capacity` (10,000), so a
+-- long-running cluster's memory follows its write rate, not its age.
 --
 -- The store owns what it holds: a stored object is never changed in place (a write
 -- replaces it), so readers may keep references, and an event's object is the object as
@@ -22,6 +25,10 @@ local Store = {}
 Store.__index = Store
 
 local DEFAULT_LOG_CAPACITY = 10000
+-- kube-apiserver's watch cache sizes itself to hold eventFreshDuration (75 s) of history,
+-- and never fewer than lowerBoundCapacity (100) events.
+local DEFAULT_LOG_WINDOW = 75
+local LOG_FLOOR = 100
 
 function store.new(opts)
   opts = opts or {}
@@ -30,6 +37,7 @@ function store.new(opts)
     resources = {},
     listeners = {},
     log_capacity = opts.log_capacity or DEFAULT_LOG_CAPACITY,
+    log_window = opts.log_window or DEFAULT_LOG_WINDOW,
     graceful = nil, -- function(def, obj, opts) -> seconds to terminate, or nil to delete at once
     clock = opts.clock or util.now,
   }, Store)
@@ -230,8 +238,14 @@ function Store:commit(resource, kind, obj, old)
   end
   local seq = r.last + 1
   r.last = seq
-  r.log[seq] = { seq = seq, rv = tonumber(obj.metadata.resourceVersion), type = kind, obj = obj, old = old, key = key }
-  while seq - r.first >= self.log_capacity do
+  local now = self.clock()
+  r.log[seq] = { seq = seq, rv = tonumber(obj.metadata.resourceVersion), type = kind, obj = obj, old = old, key = key,
+    at = now }
+  -- the oldest events go when the log is full, or when they are older than the window
+  -- and the floor is kept
+  local floor = math.min(LOG_FLOOR, self.log_capacity)
+  local stale = now - self.log_window
+  while seq - r.first >= self.log_capacity or (seq - r.first >= floor and r.log[r.first].at < stale) do
     r.trimmed_rv = r.log[r.first].rv
     r.log[r.first] = nil
     r.first = r.first + 1
