@@ -664,6 +664,24 @@ return playbook { steps = {
     assert.are.same({ "severity=sev2", "change", "after" }, read_trace(p))
   end)
 
+  it("takes Ctrl-C at a question for an interruption, not a no, and keeps the live view whole", function()
+    p:write("playbooks/pb.lua", TRACE .. [[
+return playbook { steps = {
+  step "first" { run = function() trace("first") end, undo = function() trace("undo:first") end },
+  step "second" { confirm = "Go on with the second step?", run = function() trace("second") end },
+} }]])
+    local keys, screen = terminal({ "run", "pb" })
+    assert.is_true(stays(screen, "Go on with the second step? [y/N]"), screen())
+    keys("C-c")
+    assert.is_true(project.wait_for(function() return screen():find("EXIT=", 1, true) end), screen())
+    local text = screen()
+    assert.matches("EXIT=4", text)
+    assert.matches("^run pb on local  %(run [%w%-]+%)\n", text) -- the header was not overwritten
+    assert.matches("interrupted at the prompt \"Go on with the second step%?\"", text)
+    assert.are.same({ "first", "undo:first" }, read_trace(p))
+    assert.are.same({}, events_of(p:journal(), "decision")) -- nobody said no
+  end)
+
   it("asks on a protected environment in the live view, and rolls back when declined", function()
     p:write("environments/production.yaml", "name: production\nprotected: true\n")
     p:write("playbooks/pb.lua", TRACE .. [[

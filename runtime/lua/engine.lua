@@ -207,7 +207,11 @@ function Run:make_ctx()
         "\" (run with --yes to answer yes)"), 0)
     end
     local answer = run:ask(message .. " [y/N]")
-    local yes = answer ~= nil and answer:lower():match("^y") ~= nil
+    if answer == nil then -- nobody said no: the journal records no decision
+      run.aborted = run:unanswered(message)
+      return false
+    end
+    local yes = answer:lower():match("^y") ~= nil
     run:emit({ event = "decision", question = message, answer = yes and "yes" or "no" })
     return yes
   end
@@ -301,6 +305,13 @@ local function plain_prompt_start(question)
   io.stdout:flush()
 end
 
+-- Why a question got no answer (Ctrl-C, the terminal closing, stdin ending): the reason
+-- the run stops with. It is not a decision: nobody said no.
+function Run:unanswered(question)
+  local why = self.interrupted and "interrupted" or self.hung_up and "the terminal closed" or "no answer"
+  return string.format("%s at the prompt %s", why, question:match("^before ") and question or ("\"" .. question .. "\""))
+end
+
 -- The reporter shows the question (the live view stops redrawing until it is answered).
 function Run:ask(question)
   local reporter = self.reporter
@@ -325,8 +336,7 @@ function Run:gate(step)
     while true do
       local a = self:ask(string.format("Next: %s. [r]un, [s]kip or [a]bort?", step.name))
       if a == nil then
-        self.aborted = string.format("%s at the prompt before step \"%s\"",
-          self.interrupted and "interrupted" or "no answer", step.name)
+        self.aborted = self:unanswered("before step \"" .. step.name .. "\"")
         return "abort"
       end
       a = a:lower()
@@ -344,7 +354,11 @@ function Run:gate(step)
         "no terminal to ask (run with --yes to go ahead)", self.env.name, step.name)), 0)
     end
     local a = self:ask(string.format("%s is protected. Run \"%s\"? [y/N]", self.env.name, step.name))
-    local yes = a ~= nil and a:lower():match("^y") ~= nil
+    if a == nil then
+      self.aborted = self:unanswered("run \"" .. step.name .. "\" on " .. self.env.name)
+      return "abort"
+    end
+    local yes = a:lower():match("^y") ~= nil
     self:emit({ event = "decision", question = "run " .. step.name .. " on " .. self.env.name,
       answer = yes and "yes" or "no" })
     return yes and "run" or "abort"
@@ -379,7 +393,7 @@ function Run:run_step(index, step)
     local ok, yes = pcall(ctx.confirm, ctx, step.confirm)
     if not ok then return false, error_text(yes) end
     if not yes then
-      self.aborted = "the operator declined: " .. expand(step.confirm, ctx)
+      self.aborted = self.aborted or ("the operator declined: " .. expand(step.confirm, ctx))
       return false, self.aborted
     end
   end
@@ -458,15 +472,23 @@ end
 -- Closes what the steps started and left running (an http.server, a background task): a
 -- run that ends must end, and --every's next run must find its port free. Each is named.
 function Run:close_leftovers()
+  if self.leftovers_closed then return end
+  self.leftovers_closed = true
+  local messages = {}
   local function warn(what, state, done)
-    self:emit({ event = "log", level = "warn",
-      message = string.format("%s was still %s when the run ended: %s", what, state, done) })
+    messages[#messages + 1] = string.format("%s was still %s when the run ended: %s", what, state, done)
   end
   for _, what in ipairs(tug.scope_close(self.scope)) do
     if what:match("^a task ") then warn(what, "running", "cancelled") else warn(what, "open", "closed") end
   end
   for _, closer in ipairs(tug.scope_closers) do
     for _, what in ipairs(closer(self.scope)) do warn(what, "running", "stopped") end
+  end
+  -- everything is closed first; a journal that cannot take the warnings gets them on stderr
+  for _, message in ipairs(messages) do
+    if not pcall(self.emit, self, { event = "log", level = "warn", message = message }) then
+      io.stderr:write("tug: ", message, "\n")
+    end
   end
 end
 
@@ -486,13 +508,14 @@ end
 -- The terminal went away (SIGHUP: a closed window, a lost SSH connection). The run goes on
 -- and finishes, into its journal: stopping half way would leave the environment between
 -- two versions, and rolling back would be a second change nobody asked for. A question
--- from now on has no terminal to be asked on, so it counts as declined (and the run rolls
--- back as it would for a no).
+-- open then ends unanswered (the run stops and rolls back, exit 4); one asked later has no
+-- terminal, so its step fails and the run rolls back (exit 1).
 function Run:on_hangup()
+  if self.ended then return end -- it came as the run ended: the journal is closed
   self.hung_up = true
   self:emit({ event = "log", level = "warn", message = "the terminal closed (SIGHUP): the run goes on without it" ..
     (self.journal and ("; follow it with `tug show " .. self.run_id .. "`") or "") ..
-    "; a question it asks from now on gets no answer" })
+    "; a question it asks from now on has no terminal to be asked on" })
 end
 
 -- Runs (or plans) a playbook. opts: pb, env, params, plan, yes, step_mode, from, tags,
@@ -548,6 +571,19 @@ function M.run(opts)
   -- Everything the steps start (servers, background tasks) belongs to the run: what is
   -- still open when it ends is closed then, with a warning (close_leftovers).
   self.scope = tug.scope_new()
+  -- However this function ends (a return, or an error from a lock, the journal or a full
+  -- disk), the run closes what its steps left open and lets go of the signals, the log
+  -- sink, plan mode and the journal; the locks below are released before this runs.
+  local teardown <close> = setmetatable({}, { __close = function()
+    self.ended = true
+    pcall(self.close_leftovers, self)
+    tug.plan.set(false)
+    log.set_sink(nil)
+    if self.journal then pcall(self.journal.close, self.journal) end
+    tug.on_interrupt(nil)
+    tug.on_hangup(nil)
+    M.current = nil
+  end })
 
   -- Held until this function returns or raises: this process's claim on the run id, then
   -- the playbook's lock. A resume arrives holding the run's claim already (cli.lua takes it
@@ -559,9 +595,6 @@ function M.run(opts)
     claim, why = lock.run_lock(self.run_id, pb.name, "run")
     if not claim then
       io.stderr:write("tug: ", why, "\n")
-      M.current = nil
-      tug.on_interrupt(nil)
-      tug.on_hangup(nil)
       return M.EXIT.locked
     end
   end
@@ -578,9 +611,6 @@ function M.run(opts)
       if not held then
         io.stderr:write("tug: ", string.format("lock '%s' on %s is %s%s", pb.lock, self.env.name, lock.describe(holder),
           lock.hint(reason, backend.path and backend.path(self.env.name, pb.lock))), "\n")
-        M.current = nil
-        tug.on_interrupt(nil)
-        tug.on_hangup(nil)
         return M.EXIT.locked
       end
     end
@@ -663,6 +693,7 @@ function M.run(opts)
   self:emit({ event = "run_end", run_id = self.run_id, playbook = pb.name, status = status, reason = reason,
     duration = time.monotonic() - t0, interrupted = self.interrupted or nil })
   self:sync()
+  self.ended = true
   if not self.plan and self.env.notify then require("notify").flush(30) end
   if self.journal then
     self.journal:close()
@@ -673,9 +704,6 @@ function M.run(opts)
         #removed, #removed == 1 and "" or "s"))
     end
   end
-  tug.on_interrupt(nil)
-  tug.on_hangup(nil)
-  M.current = nil
 
   if status == "succeeded" or status == "planned" then return M.EXIT.ok end
   if status == "rollback-failed" then return M.EXIT.rollback_failed end

@@ -183,6 +183,7 @@ local function observing(reporter, seen)
       end
     end,
     prompt_start = reporter.prompt_start, prompt_end = reporter.prompt_end, prompt_note = reporter.prompt_note,
+    lines = reporter.lines, -- whether each event's JSON line is printed (--output json)
   }
 end
 

@@ -121,7 +121,8 @@ M.exit_codes = {
   { "0", "success (a run succeeded, a plan was made)" },
   { "1", "failure: a run failed and was rolled back (or had nothing to undo), a Lua error " ..
     "(traceback on stderr), a failing test, a task that failed with nobody waiting, a journal or " ..
-    "lock file that cannot be written (nothing was run)" },
+    "lock file that cannot be written (before the first step: nothing ran; later: the run stops " ..
+    "there)" },
   { "2", "usage or validation error: unknown command, bad param, broken playbook or environment " ..
     "(nothing was run)" },
   { "3", "the playbook's lock is held by another run, or the run being resumed is running in " ..

@@ -431,7 +431,7 @@ function M.select_prune(runs, rules)
     if beyond_count and old_enough then
       if run.status ~= "running" then
         out.remove[#out.remove + 1] = run
-      elseif rules.unfinished and not (run.host == host and run.pid and tug.sys.pid_alive(run.pid)) then
+      elseif rules.unfinished and not M.alive(run, host) then
         out.remove[#out.remove + 1] = run
       else
         out.kept_unfinished[#out.kept_unfinished + 1] = run
@@ -440,6 +440,14 @@ function M.select_prune(runs, rules)
     ::next_run::
   end
   return out
+end
+
+-- Whether a run's process may still be going: its run lock is held (on any host sharing
+-- .tug), or, with no lock to go by, its pid is alive on this host.
+function M.alive(run, host)
+  local held = require("tug.lock").run_alive(run.run_id)
+  if held ~= nil then return held end
+  return run.host == (host or tug.sys.hostname()) and math.type(run.pid) == "integer" and tug.sys.pid_alive(run.pid)
 end
 
 -- After a run: removes the runs past the retention settings (never `run_id`, never an
@@ -455,11 +463,15 @@ function M.apply_retention(run_id)
   return removed
 end
 
--- Removes a run's journal.
+-- Removes a run's journal, and the lock file its process left (only when no process
+-- holds it).
 function M.remove(run_id)
   local path = M.dir() .. "/" .. run_id .. ".jsonl"
   local ok, err = os.remove(path)
   if not ok then return nil, err end
+  local lock_path = M.home() .. "/locks/runs/" .. run_id .. ".lock"
+  local probe = tug.sys.lock_probe(lock_path)
+  if probe then probe:release() end
   return true
 end
 

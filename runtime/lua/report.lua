@@ -151,9 +151,11 @@ local function tty()
   end
   function r.prompt_end(question, answer)
     local width = tug.sys.term_width() - 1
-    -- the cursor is on the line after the question and the echoed answer
+    -- the cursor is on the line after the question and the echoed answer, or still on the
+    -- question's last row when no answer came (Ctrl-C, end of input: nothing was echoed)
     local asked = rows(question .. " " .. (answer or ""), width)
-    out(string.format("\27[%dA\27[J", r.lines + asked))
+    local up = r.lines + asked - (answer == nil and 1 or 0)
+    out("\r" .. (up > 0 and string.format("\27[%dA", up) or "") .. "\27[J")
     r.lines = 0
     r.asking = nil
     local held = r.held
