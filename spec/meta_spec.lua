@@ -119,8 +119,8 @@ local function http_fixture()
   local f = {}
   f.server = http.server({ port = 0, handler = function(req)
     if ws.is_upgrade(req) then
-      local conn = ws.upgrade(req)
-      if conn then conn:recv() end
+      f.server_ws = ws.upgrade(req)
+      if f.server_ws then f.server_ws:recv() end
       return
     end
     f.request = req
@@ -243,7 +243,15 @@ describe("meta/", function()
   teardown(function()
     if fixtures.http then
       fixtures.http.ws:close()
+      if fixtures.http.server_ws then fixtures.http.server_ws:close() end
       fixtures.http.server:close()
+      fixtures.http = nil -- a connection counts until it is closed and collected
+      -- both ends gone before the next spec file, which may count connections (ws_spec)
+      local deadline = time.monotonic() + 5
+      while ws.stats().connections > 0 and time.monotonic() < deadline do
+        collectgarbage()
+        task.sleep(0.05)
+      end
     end
     if fixtures.sim then fixtures.sim:close() end
   end)
