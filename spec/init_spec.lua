@@ -82,7 +82,15 @@ describe("make deb", function()
     end
     local root = tmpdir()
     exec.run({ "dpkg-deb", "-x", deb, root }, { check = true })
+    -- tug init there finds the definitions installed beside the binary
+    local app = root .. "/app"
+    local init = exec.run({ root .. "/usr/bin/tug", "init", app }, { timeout = 30 })
+    assert.are.equal(0, init.code, init.stderr)
+    assert.are.equal("", init.stderr)
+    local luarc = json.decode(assert(io.open(app .. "/.luarc.json")):read("a"))
+    assert.are.same({ root .. "/usr/share/tug/meta" }, luarc["workspace.library"])
     for _, path in ipairs({ "/usr/bin/tug", "/usr/share/man/man1/tug.1", "/usr/share/bash-completion/completions/tug",
+      "/usr/share/tug/meta/playbook.lua", "/usr/share/tug/meta/k8s.lua",
       "/usr/share/zsh/vendor-completions/_tug", "/usr/share/fish/vendor_completions.d/tug.fish" }) do
       assert.truthy(io.open(root .. path), path)
     end

@@ -136,7 +136,7 @@ function M.meta_dir()
   local exe = tug.executable or ""
   local dir = exe:match("^(.*)/[^/]+$") or "."
   for _, candidate in ipairs({ dir .. "/../share/tug/meta", dir .. "/meta" }) do
-    local f = io.open(candidate .. "/README.md")
+    local f = io.open(candidate .. "/playbook.lua")
     if f then
       f:close()
       return (candidate:gsub("/bin/%.%./", "/"))
