@@ -253,6 +253,9 @@ users:
         err_of(config({ server = "https://x" }, { exec = { apiVersion = "client.authentication.k8s.io/v1", command = "x" } })))
       assert.matches("client certificate and key must both be given",
         err_of(config({ server = "https://x" }, { ["client-certificate"] = "/x.crt" })))
+      -- found by the fuzzer: a mapping where a string belongs was a Lua error
+      assert.matches('"token" must be a string, not a mapping', err_of(config({ server = "https://x" }, { token = { a = 1 } })))
+      assert.matches('"server" must be a string, not a list', err_of(config({ server = { "https://x" } })))
     end)
   end)
 

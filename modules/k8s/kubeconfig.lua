@@ -183,9 +183,12 @@ end
 
 -- ---- resolving a context ----
 
+-- A field that must be a string (a number is taken as its text, as YAML readers do);
+-- nil when it is absent or empty; a mapping or a list there is an error naming the field.
 local function str(entry, key)
   local v = entry[key]
   if v == nil or v == yaml.null or v == "" then return nil end
+  if type(v) == "table" then fail("%q must be a string, not a %s", key, #v > 0 and "list" or "mapping") end
   if type(v) ~= "string" then return tostring(v) end
   return v
 end
@@ -262,9 +265,9 @@ function M.resolve(opts)
 
   local tls = {}
   if str(c, "certificate-authority-data") then
-    tls.ca = pem_data(c["certificate-authority-data"], ("cluster %q: certificate-authority-data"):format(cluster_name))
+    tls.ca = pem_data(str(c, "certificate-authority-data"), ("cluster %q: certificate-authority-data"):format(cluster_name))
   elseif str(c, "certificate-authority") then
-    tls.ca = absolute(c["certificate-authority"], cluster.dir)
+    tls.ca = absolute(str(c, "certificate-authority"), cluster.dir)
   end
   if c["insecure-skip-tls-verify"] == true then tls.insecure = true end
 
@@ -281,27 +284,27 @@ function M.resolve(opts)
     local u = user and user.entry or {}
     local dir = user and user.dir or "."
     if str(u, "client-certificate-data") then
-      tls.cert = pem_data(u["client-certificate-data"], ("user %q: client-certificate-data"):format(user_name))
+      tls.cert = pem_data(str(u, "client-certificate-data"), ("user %q: client-certificate-data"):format(user_name))
     elseif str(u, "client-certificate") then
-      tls.cert = absolute(u["client-certificate"], dir)
+      tls.cert = absolute(str(u, "client-certificate"), dir)
     end
     if str(u, "client-key-data") then
-      log.secret(u["client-key-data"])
-      tls.key = log.secret(pem_data(u["client-key-data"], ("user %q: client-key-data"):format(user_name)))
+      log.secret(str(u, "client-key-data"))
+      tls.key = log.secret(pem_data(str(u, "client-key-data"), ("user %q: client-key-data"):format(user_name)))
     elseif str(u, "client-key") then
-      tls.key = absolute(u["client-key"], dir)
+      tls.key = absolute(str(u, "client-key"), dir)
     end
     if (tls.cert == nil) ~= (tls.key == nil) then
       fail("user %q: client certificate and key must both be given", user_name)
     end
     if str(u, "token") then
-      conn.token = log.secret(u.token)
+      conn.token = log.secret(str(u, "token"))
     elseif str(u, "tokenFile") then
-      conn.token_file = absolute(u.tokenFile, dir)
+      conn.token_file = absolute(str(u, "tokenFile"), dir)
     end
     if str(u, "username") then
-      conn.username = u.username
-      conn.password = str(u, "password") and log.secret(u.password) or ""
+      conn.username = str(u, "username")
+      conn.password = str(u, "password") and log.secret(str(u, "password")) or ""
     end
     if u.exec ~= nil and u.exec ~= yaml.null then conn.exec = exec_config(u.exec, dir, user_name) end
     if u["auth-provider"] ~= nil and u["auth-provider"] ~= yaml.null then
