@@ -482,15 +482,11 @@ local function cmd_runs(flags, _, rest)
   local runs = journal.list()
   if #runs == 0 then say("no runs in %s", journal.dir()) return EXIT.ok end
   -- a run whose journal has not ended and whose process is gone died: it can be resumed
-  local lock, host, died = require("tug.lock"), tug.sys.hostname(), {}
+  local host, died = tug.sys.hostname(), {}
   for _, r in ipairs(runs) do
-    if r.status == "running" then
-      local alive = lock.run_alive(r.run_id)
-      if alive == nil and r.host == host and math.type(r.pid) == "integer" then alive = tug.sys.pid_alive(r.pid) end
-      if alive == false then
-        r.status = "died"
-        died[#died + 1] = r.run_id
-      end
+    if r.status == "running" and journal.alive(r, host) == false then
+      r.status = "died"
+      died[#died + 1] = r.run_id
     end
     say("%s", run_line(r))
   end

@@ -52,6 +52,18 @@ local function read_answer()
   return ok and line and line:match("^%s*(.-)%s*$") or nil
 end
 
+-- A reporter without prompt hooks (plain lines, JSON, a playbook harness's) gets the
+-- question and the notes about answers on stdout as they are.
+local function plain_prompt_start(question)
+  io.stdout:write(question, " ")
+  io.stdout:flush()
+end
+
+local function plain_prompt_note(text)
+  io.stdout:write(text)
+  io.stdout:flush()
+end
+
 local function interactive()
   return tug.sys.isatty(0)
 end
@@ -258,7 +270,7 @@ function Run:make_ctx()
         run:emit({ event = "decision", question = question, answer = answer })
         return answer
       end
-      ;(run.reporter.prompt_note or io.write)(choices and ("answer one of: " .. table.concat(choices, ", ") .. "\n") or "an answer is needed\n")
+      ;(run.reporter.prompt_note or plain_prompt_note)(choices and ("answer one of: " .. table.concat(choices, ", ") .. "\n") or "an answer is needed\n")
     end
   end
   function ctx:would(description)
@@ -299,11 +311,6 @@ end
 -- Asks before a step when on-call mode (--step) or a protected environment wants it.
 -- Returns "run", "skip" or "abort".
 -- Asks in a task of its own, which Ctrl-C cancels like a running step.
--- A reporter without prompt hooks (a playbook harness's, say) gets the question on stdout.
-local function plain_prompt_start(question)
-  io.stdout:write(question, " ")
-  io.stdout:flush()
-end
 
 -- Why a question got no answer (Ctrl-C, the terminal closing, stdin ending): the reason
 -- the run stops with. It is not a decision: nobody said no.

@@ -442,12 +442,14 @@ function M.select_prune(runs, rules)
   return out
 end
 
--- Whether a run's process may still be going: its run lock is held (on any host sharing
--- .tug), or, with no lock to go by, its pid is alive on this host.
+-- Whether a run's process is still going: true or false from its run lock (on any host
+-- sharing .tug) or, with no lock to go by, from its pid on this host; nil when neither
+-- can tell (a run of another host, by a tug that kept no run lock).
 function M.alive(run, host)
   local held = require("tug.lock").run_alive(run.run_id)
   if held ~= nil then return held end
-  return run.host == (host or tug.sys.hostname()) and math.type(run.pid) == "integer" and tug.sys.pid_alive(run.pid)
+  if run.host ~= (host or tug.sys.hostname()) or math.type(run.pid) ~= "integer" then return nil end
+  return tug.sys.pid_alive(run.pid)
 end
 
 -- After a run: removes the runs past the retention settings (never `run_id`, never an

@@ -320,13 +320,9 @@ function M.new(opts)
     event = function(e, line)
       for _, r in ipairs(list) do r.event(e, line) end
     end,
-    -- the live view shows a question and takes it back when answered; other outputs
-    -- write the question on stdout as it is
-    prompt_start = list[1].prompt_start or function(question)
-      out(question .. " ")
-    end,
-    prompt_end = list[1].prompt_end or function() end,
-    prompt_note = list[1].prompt_note or out,
+    -- the live view shows a question and takes it back when answered; without these the
+    -- engine writes the question on stdout as it is
+    prompt_start = list[1].prompt_start, prompt_end = list[1].prompt_end, prompt_note = list[1].prompt_note,
     lines = output == "json", -- only --output json prints each event's JSON line
   }
 end
